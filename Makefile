@@ -1,0 +1,81 @@
+# The handbook's commands. `make reproduce` runs every notebook's documented configuration;
+# `make test` runs the unit tests and every notebook in its small (smoke) configuration.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# The offline copies of the data sets, beside the repository on machines that have them;
+# elsewhere the data module downloads the originals.
+ifneq ($(wildcard ../shared/data),)
+export COCS_ARCHIVES ?= $(abspath ../shared/data)
+endif
+
+NOTEBOOKS := $(sort $(basename $(notdir $(wildcard notebooks/[0-9][0-9]_*.py))))
+LIBRARY := $(wildcard cocs/*.py)
+BUILD := build/notebooks
+SMOKE_RESULTS := build/smoke-results
+
+# JupyterLab settings that apply only to the JupyterLab of this environment.
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.d/cocs.json
+
+.PHONY: help install test lint bench reproduce smoke lab clean distclean
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make install    create .venv with the pinned dependencies (a no-op when up to date)"
+	@echo "make reproduce  run every notebook with its default parameters, writing results/"
+	@echo "make test       unit tests, then every notebook with its smoke parameters"
+	@echo "make smoke      run every notebook with its smoke parameters into $(SMOKE_RESULTS)/"
+	@echo "make lab        JupyterLab on this folder; notebooks/*.py open as notebooks"
+	@echo "make bench      speed and memory of a training step (writes results/bench/)"
+	@echo "make lint       ruff on cocs, tests and notebooks"
+	@echo "make clean      remove build/ and caches (distclean also removes .venv)"
+
+# The stamp is newer than pyproject.toml once the environment matches it.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check cocs tests notebooks
+
+bench: install
+	$(PY) -m cocs.bench
+
+# An executed notebook depends on its source and on the library, so only stale ones run again.
+# The environment is an order-only prerequisite: building it does not make notebooks stale.
+# A chapter that reads another chapter's results also depends on that chapter, for example:
+#   $(BUILD)/default/08_results.ipynb: $(BUILD)/default/04_cifar10.ipynb
+$(BUILD)/default/%.ipynb: notebooks/%.py $(LIBRARY) | $(STAMP)
+	$(PY) -m cocs.handbook run $* --profile default --output $@
+
+$(BUILD)/smoke/%.ipynb: notebooks/%.py notebooks/profiles.yaml $(LIBRARY) | $(STAMP)
+	$(PY) -m cocs.handbook run $* --profile smoke --results-dir $(SMOKE_RESULTS) --output $@
+
+reproduce: $(foreach n,$(NOTEBOOKS),$(BUILD)/default/$(n).ipynb)
+
+smoke: $(foreach n,$(NOTEBOOKS),$(BUILD)/smoke/$(n).ipynb)
+
+# Double-clicking a .py file opens it as a notebook (jupytext's "Jupytext Notebook" viewer);
+# right-click, Open With > Editor, edits it as text.
+$(LAB_SETTINGS): | $(STAMP)
+	mkdir -p $(dir $@)
+	printf '%s\n' '{"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}}}' > $@
+
+lab: install $(LAB_SETTINGS)
+	$(VENV)/bin/jupyter lab
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) cocs.egg-info

@@ -1,0 +1,33 @@
+"""cocs: Context Clusters ("Image as Set of Points", ICLR 2023) as a small, tested library.
+
+Importing the package registers every variant with timm: ``timm.create_model("coc_tiny")``.
+"""
+
+from . import model as _model  # noqa: F401  (registers the timm variants)
+from .cluster import Cluster, ClusterOutput, context_cluster
+from .model import ContextCluster, capture_assignments, create_model
+from .official import OFFICIAL_VARIANTS, load_official_checkpoint
+from .points import coordinates, image_to_points, points_to_image, with_positions
+
+__all__ = [
+    "Cluster",
+    "ClusterOutput",
+    "ContextCluster",
+    "OFFICIAL_VARIANTS",
+    "capture_assignments",
+    "context_cluster",
+    "coordinates",
+    "create_model",
+    "image_to_points",
+    "load_official_checkpoint",
+    "points_to_image",
+    "variants",
+    "with_positions",
+]
+
+
+def variants() -> list[str]:
+    """Every Context Cluster variant registered with timm by this package."""
+    import timm
+
+    return sorted(timm.list_models("coc_*"))

@@ -1,0 +1,276 @@
+"""Speed and memory of a training step: the paper's formulation as written versus ``cocs``.
+
+The baseline computes aggregation and dispatch by broadcasting over (B * heads, M, N, D), as
+the paper's equations and the authors' release do, in the NCHW layout with separate 1x1
+convolutions. It shares weights with the ``cocs`` model it is made from, so both compute the
+same function (tests/test_bench.py checks it) and the ratio measures the implementation alone.
+
+    python -m cocs.bench            # writes results/bench/<hardware>.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import re
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from .cluster import Cluster
+
+
+def paper_cluster(x: Tensor, value: Tensor, mixer: Cluster) -> Tensor:
+    """The context-cluster step as written in the paper, one-hot mask and broadcasts.
+
+    x, value: (B * heads, D, H, W) after the 1x1 projections; returns (B * heads, D, H, W).
+    """
+    fw, fh = mixer.fold_w, mixer.fold_h
+    if fw > 1 or fh > 1:
+        x = rearrange(x, "b c (f1 w) (f2 h) -> (b f1 f2) c w h", f1=fw, f2=fh)
+        value = rearrange(value, "b c (f1 w) (f2 h) -> (b f1 f2) c w h", f1=fw, f2=fh)
+    b, c, w, h = x.shape
+    pool = (mixer.proposal_w, mixer.proposal_h)
+    centers = F.adaptive_avg_pool2d(x, pool)  # (b, c, pw, ph)
+    value_centers = rearrange(F.adaptive_avg_pool2d(value, pool), "b c w h -> b (w h) c")
+    cos = F.normalize(centers.reshape(b, c, -1).permute(0, 2, 1), dim=-1) @ F.normalize(
+        x.reshape(b, c, -1).permute(0, 2, 1), dim=-1
+    ).transpose(-2, -1)  # (b, M, N)
+    if mixer.similarity == "sigmoid":
+        sim = torch.sigmoid(mixer.sim_beta + mixer.sim_alpha * cos)
+    else:
+        sim = cos
+    _, idx = sim.max(dim=1, keepdim=True)
+    mask = torch.zeros_like(sim).scatter_(1, idx, 1.0)  # (b, M, N) one-hot over centres
+    sim = sim * mask
+    v = rearrange(value, "b c w h -> b (w h) c")  # (b, N, D)
+    # aggregation: (b, 1, N, D) * (b, M, N, 1) summed over N -> (b, M, D)
+    agg = ((v.unsqueeze(1) * sim.unsqueeze(-1)).sum(dim=2) + value_centers) / (
+        sim.sum(dim=-1, keepdim=True) + 1.0
+    )
+    # dispatch: (b, M, 1, D) * (b, M, N, 1) summed over M -> (b, N, D)
+    out = (agg.unsqueeze(2) * sim.unsqueeze(-1)).sum(dim=1)
+    out = rearrange(out, "b (w h) c -> b c w h", w=w)
+    if fw > 1 or fh > 1:
+        out = rearrange(out, "(b f1 f2) c w h -> b c (f1 w) (f2 h)", f1=fw, f2=fh)
+    return out
+
+
+class PaperCluster(nn.Module):
+    """A token mixer that runs :func:`paper_cluster` on the weights of a :class:`Cluster`."""
+
+    def __init__(self, mixer: Cluster):
+        super().__init__()
+        if mixer.center_iters:
+            raise ValueError("the paper's formulation keeps centres fixed (center_iters=0)")
+        self.mixer = mixer
+
+    def forward(self, x: Tensor) -> Tensor:
+        m = self.mixer
+        value = rearrange(m.v(x), "b (e c) w h -> (b e) c w h", e=m.heads)
+        x = rearrange(m.f(x), "b (e c) w h -> (b e) c w h", e=m.heads)
+        out = rearrange(paper_cluster(x, value, m), "(b e) c w h -> b (e c) w h", e=m.heads)
+        return m.proj(out)
+
+
+def paper_model(model: nn.Module) -> nn.Module:
+    """A copy of a ``cocs`` model that computes the paper's formulation, NCHW, same weights."""
+    paper = copy.deepcopy(model)
+    paper.channels_last = False
+    for module in paper.modules():
+        if hasattr(module, "lean"):  # autograd stores every intermediate, as in the release
+            module.lean = False
+    for block in paper.modules():
+        if isinstance(getattr(block, "token_mixer", None), Cluster):
+            block.token_mixer = PaperCluster(block.token_mixer)
+    return paper
+
+
+def hardware_name() -> str:
+    """A file-name-safe description of this machine's processor (or GPU) and thread count."""
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+            name = re.search(r"model name\s*:\s*(.+)", cpuinfo).group(1)
+        except (OSError, AttributeError):
+            pass
+        name = f"{name}-{torch.get_num_threads()}threads"
+    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
+
+
+@dataclass
+class StepStats:
+    seconds: float  # median time of one training step
+    peak_mib: float  # peak memory allocated during one step
+
+
+def _step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor) -> None:
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+def peak_memory_mib(model: nn.Module, opt, x: Tensor, y: Tensor) -> float:
+    """Peak memory of one training step: CUDA's allocator, or on the CPU the largest set of
+    tensors alive at once (tracked through a dispatch mode)."""
+    if x.is_cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        _step(model, opt, x, y)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    return cpu_peak_mib(lambda: _step(model, opt, x, y))
+
+
+class _PeakTensorMemory(TorchDispatchMode):
+    """Tracks the bytes of CPU tensor storage alive while it is active, and their peak."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self.seen: set[int] = set()
+
+    def _free(self, key: int, nbytes: int) -> None:
+        self.live -= nbytes
+        self.seen.discard(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, Tensor) or t.device.type != "cpu":
+                continue
+            storage = t.untyped_storage()
+            key, nbytes = storage.data_ptr(), storage.nbytes()
+            if nbytes == 0 or key in self.seen:
+                continue
+            self.seen.add(key)
+            self.live += nbytes
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(storage, self._free, key, nbytes)
+        return out
+
+
+def cpu_peak_mib(fn) -> float:
+    """Peak bytes of the tensors that ``fn`` creates and holds at once (weights excluded)."""
+    with _PeakTensorMemory() as mode:
+        fn()
+    return mode.peak / 2**20
+
+
+def compare(
+    name: str,
+    *,
+    img_size: int,
+    batch: int,
+    steps: int = 5,
+    warmup: int = 2,
+    device: str = "cpu",
+    num_classes: int | None = None,
+    seed: int = 0,
+) -> dict:
+    """Time ``steps`` training steps of the paper's formulation and of ``cocs``, interleaved
+    (A B A B ...) so that both see the same machine load; same weights, same batch."""
+    torch.manual_seed(seed)
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    fast = timm.create_model(name, **kwargs).to(device).train()
+    slow = paper_model(fast)
+    n_cls = fast.num_classes
+    x = torch.randn(batch, 3, img_size, img_size, device=device)
+    y = torch.randint(0, n_cls, (batch,), device=device)
+    opts = {
+        k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in (("paper", slow), ("cocs", fast))
+    }
+    models = {"paper": slow, "cocs": fast}
+    times: dict[str, list[float]] = {"paper": [], "cocs": []}
+    for i in range(warmup + steps):
+        for k in ("paper", "cocs"):
+            if device != "cpu":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            _step(models[k], opts[k], x, y)
+            if device != "cpu":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times[k].append(time.perf_counter() - t0)
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    mem = {k: peak_memory_mib(models[k], opts[k], x, y) for k in ("paper", "cocs")}
+    return {
+        "model": name,
+        "img_size": img_size,
+        "batch": batch,
+        "paper_step_s": round(med["paper"], 4),
+        "cocs_step_s": round(med["cocs"], 4),
+        "speedup": round(med["paper"] / med["cocs"], 3),
+        "paper_peak_mib": round(mem["paper"], 1),
+        "cocs_peak_mib": round(mem["cocs"], 1),
+        "memory_ratio": round(mem["cocs"] / mem["paper"], 3),
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
+CASES = (  # (model, image size, batch)
+    ("coc_tiny_plain", 224, 16),
+    ("coc_tiny", 224, 16),
+    ("coc_cifar", 32, 128),
+)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    import pandas as pd
+
+    from .handbook import repo_root, write_csv
+
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--steps", type=int, default=5, help="timed steps per implementation")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out_dir", default="results/bench")
+    p.add_argument("--cases", nargs="+", default=[f"{m}:{s}:{b}" for m, s, b in CASES],
+                   help="model:image_size:batch, one or more")
+    args = p.parse_args(argv)
+    rows = []
+    for case in args.cases:
+        try:
+            name, size, batch = case.split(":")
+            size, batch = int(size), int(batch)
+        except ValueError:
+            p.error(f"--cases {case!r}: expected model:image_size:batch, e.g. coc_tiny:224:16")
+        row = compare(
+            name,
+            img_size=size,
+            batch=batch,
+            steps=args.steps,
+            warmup=args.warmup,
+            device=args.device,
+        )
+        print(row, flush=True)
+        rows.append(row)
+    out = Path(args.out_dir)
+    if not out.is_absolute():
+        out = repo_root() / out
+    path = out / f"{hardware_name()}.csv"
+    write_csv(pd.DataFrame(rows), path)
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,331 @@
+"""The context-cluster operation: the one implementation every module and chapter uses.
+
+Points on an (H, W) grid are split into fold_w x fold_h regions. In each region, M =
+proposal_w x proposal_h centres are proposed by average pooling; every point joins the centre
+it is most similar to (cosine similarity, squashed by sigmoid(alpha * s + beta)); each cluster
+aggregates its points' values together with the value-space centre,
+
+    g_m = (v_m + sum_i s_i v_i) / (1 + sum_i s_i),
+
+and dispatches the result back to its points, scaled by their similarity: p_i' = s_i g_m.
+
+Memory: the assignment is hard, so aggregation is a scatter-add and dispatch a gather. Nothing
+of size (B * heads, M, N, D) is built: memory is O(B*N*D + B*M*N) (the similarity matrix).
+
+Naming follows the authors' release: ``*_w`` is the first spatial axis (dim 2 of an NCHW
+tensor, rows) and ``*_h`` the second (columns).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+SIMILARITIES = ("sigmoid", "cosine")
+
+
+class ClusterOutput(NamedTuple):
+    """What :func:`context_cluster` returns."""
+
+    out: Tensor  # (B, H, W, heads * D) dispatched features
+    assignment: Tensor  # (B, heads, H, W) int64: index of the centre each point joined
+
+
+def _check(points: Tensor, values: Tensor, heads: int, fold_w: int, fold_h: int) -> None:
+    if points.dim() != 4:
+        raise ValueError(
+            f"points must be (B, H, W, C), got shape {tuple(points.shape)}; "
+            "move channels last with x.permute(0, 2, 3, 1)"
+        )
+    if values.shape[:3] != points.shape[:3]:
+        raise ValueError(
+            f"values {tuple(values.shape)} and points {tuple(points.shape)} must share (B, H, W)"
+        )
+    for name, t in (("points", points), ("values", values)):
+        if t.shape[-1] % heads:
+            raise ValueError(
+                f"{name} have {t.shape[-1]} channels, which {heads} heads cannot split evenly; "
+                "use a channel count that is a multiple of heads"
+            )
+    _, H, W, _ = points.shape
+    if fold_w < 1 or fold_h < 1 or H % fold_w or W % fold_h:
+        raise ValueError(
+            f"a {H}x{W} feature map cannot be split into fold_w x fold_h = {fold_w}x{fold_h} "
+            "equal regions; resize the input so that every stage's feature map is divisible by "
+            "its folds (the released ImageNet variants expect 224x224) or change fold_w / fold_h"
+        )
+
+
+def _similarity(centres: Tensor, x: Tensor, alpha, beta, similarity: str) -> Tensor:
+    """Similarity of M centres (G, M, D) to N points (G, N, D): (G, M, N)."""
+    sim = F.normalize(centres, dim=-1) @ F.normalize(x, dim=-1).transpose(1, 2)  # (G, M, N)
+    if similarity == "sigmoid":
+        sim = torch.sigmoid(beta + alpha * sim)
+    return sim
+
+
+def _aggregate(values: Tensor, centres: Tensor, weight: Tensor, index: Tensor) -> Tensor:
+    """Similarity-weighted mean of each cluster's points plus its centre.
+
+    values (G, N, D), centres (G, M, D), weight (G, N), index (G, N) -> (G, M, D).
+    """
+    G, N, D = values.shape
+    values, weight = values.to(centres.dtype), weight.to(centres.dtype)  # under autocast
+    num = centres.scatter_add(1, index.unsqueeze(-1).expand(G, N, D), values * weight.unsqueeze(-1))
+    den = torch.ones_like(centres[..., 0]).scatter_add(1, index, weight)  # (G, M)
+    return num / den.unsqueeze(-1)
+
+
+def _take(t: Tensor, flat: Tensor) -> Tensor:
+    """Rows of the per-group centres for each point: t (G, M, C), flat (G * N,) -> (G, N, C)."""
+    G, _, C = t.shape
+    return t.reshape(-1, C).index_select(0, flat).view(G, -1, C)
+
+
+def _sum_into(src: Tensor, flat: Tensor, M: int) -> Tensor:
+    """Sum each point's row into its centre: src (G, N, C), flat (G * N,) -> (G, M, C)."""
+    G, _, C = src.shape
+    out = torch.zeros(G * M, C, dtype=src.dtype, device=src.device)
+    return out.index_add_(0, flat, src.reshape(-1, C)).view(G, M, C)
+
+
+class _FixedCentreCluster(torch.autograd.Function):
+    """Propose, assign, aggregate and dispatch, with fixed centres and a hand-derived backward.
+
+    Autograd would record some twenty small operations and keep their outputs; this keeps the
+    normalised points, the values, the clusters and the (G, N) assignment, and computes the
+    gradient with gathers and scatter-adds of the same size as the forward pass. Its equality
+    with autograd's gradient is tested (tests/test_cluster.py, gradcheck in float64).
+
+    x (G, h, w, D), values (G, h, w, Dv), alpha, beta (1,) -> out (G, N, Dv), index (G, N).
+    """
+
+    @staticmethod
+    def forward(ctx, x, values, alpha, beta, proposal_w, proposal_h, use_sigmoid):
+        G, h, w, D = x.shape
+        Dv = values.shape[-1]
+        N, M = h * w, proposal_w * proposal_h
+        pool = (proposal_w, proposal_h)
+        centres = F.adaptive_avg_pool2d(x.permute(0, 3, 1, 2), pool).flatten(2).transpose(1, 2)
+        value_centres = F.adaptive_avg_pool2d(values.permute(0, 3, 1, 2), pool)
+        value_centres = value_centres.flatten(2).transpose(1, 2)  # (G, M, Dv)
+        x = x.reshape(G, N, D)
+        v = values.reshape(G, N, Dv)
+        x_norm = x.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # (G, N, 1)
+        c_norm = centres.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # (G, M, 1)
+        xn, cn = x / x_norm, centres / c_norm
+        cos = torch.bmm(cn, xn.transpose(1, 2))  # (G, M, N)
+        sim = torch.sigmoid(beta + alpha * cos) if use_sigmoid else cos
+        s, idx = sim.max(dim=1)  # (G, N): each point joins its most similar centre
+        cos_sel = cos.gather(1, idx.unsqueeze(1)).squeeze(1) if use_sigmoid else s
+        # row index of each point's centre among all G * M centres
+        flat = (idx + torch.arange(G, device=idx.device).unsqueeze(1) * M).flatten()
+        num = value_centres + _sum_into(v * s.unsqueeze(-1), flat, M)  # (G, M, Dv)
+        den = 1 + _sum_into(s.unsqueeze(-1), flat, M).squeeze(-1)  # (G, M)
+        clusters = num / den.unsqueeze(-1)  # (G, M, Dv)
+        out = _take(clusters, flat) * s.unsqueeze(-1)  # (G, N, Dv): dispatch
+        ctx.save_for_backward(xn, x_norm, cn, c_norm, v, clusters, den, s, idx, flat, cos_sel, alpha)
+        ctx.shape, ctx.pool, ctx.use_sigmoid = (G, h, w, D, Dv), pool, use_sigmoid
+        ctx.mark_non_differentiable(idx)
+        return out, idx
+
+    @staticmethod
+    def backward(ctx, d_out, _d_idx):
+        xn, x_norm, cn, c_norm, v, clusters, den, s, idx, flat, cos_sel, alpha = ctx.saved_tensors
+        G, h, w, D, Dv = ctx.shape
+        M = clusters.shape[1]
+        # dispatch: out_i = s_i g_{m(i)}
+        d_s = (d_out * _take(clusters, flat)).sum(-1)  # (G, N)
+        d_g = _sum_into(d_out * s.unsqueeze(-1), flat, M)  # (G, M, Dv)
+        # aggregation: g_m = num_m / den_m, num_m = vc_m + sum s_i v_i, den_m = 1 + sum s_i
+        d_num = d_g / den.unsqueeze(-1)  # (G, M, Dv), also the gradient of the value centres
+        d_den = -(d_num * clusters).sum(-1)  # (G, M)
+        d_num_i = _take(d_num, flat)  # (G, N, Dv)
+        d_v = d_num_i * s.unsqueeze(-1)
+        d_s = d_s + (v * d_num_i).sum(-1) + d_den.gather(1, idx)
+        # similarity: s_i = sigmoid(beta + alpha * cos_i), or s_i = cos_i
+        d_alpha = d_beta = None
+        if ctx.use_sigmoid:
+            d_z = d_s * s * (1 - s)
+            d_alpha, d_beta = (d_z * cos_sel).sum().reshape(1), d_z.sum().reshape(1)
+            d_cos = d_z * alpha
+        else:
+            d_cos = d_s
+        # cos_i = cn_{m(i)} . xn_i, then the normalisations
+        d_xn = d_cos.unsqueeze(-1) * _take(cn, flat)  # (G, N, D)
+        d_cn = _sum_into(d_cos.unsqueeze(-1) * xn, flat, M)  # (G, M, D)
+        d_x = (d_xn - xn * (d_xn * xn).sum(-1, keepdim=True)) / x_norm
+        d_c = (d_cn - cn * (d_cn * cn).sum(-1, keepdim=True)) / c_norm
+        # centre proposal: the pooling's gradient spreads back over each pooling cell
+        pw, ph = ctx.pool
+
+        def unpool(d_centres: Tensor, like: Tensor) -> Tensor:  # (G, M, C) -> (G, h, w, C)
+            grid = d_centres.transpose(1, 2).reshape(G, -1, pw, ph)
+            like = like.reshape(G, h, w, -1).permute(0, 3, 1, 2)
+            return torch.ops.aten._adaptive_avg_pool2d_backward(grid, like).permute(0, 2, 3, 1)
+
+        d_x = d_x.reshape(G, h, w, D) + unpool(d_c, xn)
+        d_values = d_v.reshape(G, h, w, Dv) + unpool(d_num, v)
+        return d_x, d_values, d_alpha, d_beta, None, None, None
+
+
+def context_cluster(
+    points: Tensor,
+    values: Tensor,
+    *,
+    heads: int,
+    proposal_w: int,
+    proposal_h: int,
+    fold_w: int = 1,
+    fold_h: int = 1,
+    sim_alpha: Tensor | float = 1.0,
+    sim_beta: Tensor | float = 0.0,
+    similarity: str = "sigmoid",
+    center_iters: int = 0,
+    _autograd: bool = False,
+) -> ClusterOutput:
+    """Cluster points, aggregate each cluster and dispatch the result back to its points.
+
+    Args:
+        points: (B, H, W, heads * D) features that decide the clustering.
+        values: (B, H, W, heads * Dv) features that are aggregated and dispatched.
+        heads: independent clusterings, each over its own D channels.
+        proposal_w, proposal_h: grid of centres proposed in each region (M = product).
+        fold_w, fold_h: regions along the first and second spatial axis (1, 1: none).
+        sim_alpha, sim_beta: learnable scale and shift of the similarity (scalars or (1,)).
+        similarity: "sigmoid" for sigmoid(alpha * cos + beta) as in the paper, "cosine" for the
+            raw cosine similarity (an ablation; alpha and beta are then unused).
+        center_iters: 0 keeps the proposed centres fixed (the paper); k > 0 moves the
+            similarity-space centres k times to the weighted mean of their cluster,
+            c <- (c + sum_i s_i x_i) / (1 + sum_i s_i), and re-assigns the points. The
+            value-space centres stay the proposed ones.
+        _autograd: compute fixed centres through autograd rather than the hand-derived
+            backward of :class:`_FixedCentreCluster` (for tests; same result).
+    Returns:
+        ClusterOutput(out (B, H, W, heads * Dv), assignment (B, heads, H, W)); assignment
+        numbers the centres of region (r_w, r_h) as (r_w * fold_h + r_h) * M + m, with m in
+        row-major order over the proposal grid.
+    """
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity={similarity!r} is not one of {SIMILARITIES}")
+    if center_iters < 0:
+        raise ValueError(f"center_iters={center_iters} must be 0 (fixed centres) or positive")
+    _check(points, values, heads, fold_w, fold_h)
+    B, H, W, _ = points.shape
+    h, w = H // fold_w, W // fold_h
+    M = proposal_w * proposal_h
+
+    # one group per (batch, head, region): (G, h, w, D)
+    regions = "b (f1 h) (f2 w) (e d) -> (b e f1 f2) h w d"
+    x = rearrange(points, regions, e=heads, f1=fold_w, f2=fold_h)
+    v = rearrange(values, regions, e=heads, f1=fold_w, f2=fold_h)
+
+    # centre proposal: average pooling over a proposal_w x proposal_h grid in each region
+    def propose(t: Tensor) -> Tensor:  # (G, h, w, D) -> (G, M, D)
+        pooled = F.adaptive_avg_pool2d(t.permute(0, 3, 1, 2), (proposal_w, proposal_h))
+        return rearrange(pooled, "g d pw ph -> g (pw ph) d")
+
+    if center_iters == 0 and not _autograd:
+        alpha, beta = (torch.as_tensor(t, dtype=v.dtype, device=v.device).reshape(1)
+                       for t in (sim_alpha, sim_beta))
+        out, idx = _FixedCentreCluster.apply(
+            x, v.to(x.dtype), alpha, beta, proposal_w, proposal_h, similarity == "sigmoid"
+        )
+    else:
+        centres, value_centres = propose(x), propose(v)
+        x = rearrange(x, "g h w d -> g (h w) d")  # (G, N, D)
+        v = rearrange(v, "g h w d -> g (h w) d")  # (G, N, Dv)
+        for _ in range(center_iters):
+            s, idx = _similarity(centres, x, sim_alpha, sim_beta, similarity).max(dim=1)
+            centres = _aggregate(x, centres, s, idx)
+        # hard assignment: each point keeps only its similarity to the centre it joins
+        s, idx = _similarity(centres, x, sim_alpha, sim_beta, similarity).max(dim=1)  # (G, N)
+        clusters = _aggregate(v, value_centres, s, idx)  # (G, M, Dv)
+        Dv = v.shape[-1]
+        out = clusters.gather(1, idx.unsqueeze(-1).expand(-1, -1, Dv)) * s.unsqueeze(-1)
+
+    out = rearrange(
+        out, "(b e f1 f2) (h w) d -> b (f1 h) (f2 w) (e d)", e=heads, f1=fold_w, f2=fold_h, h=h
+    )
+    region = torch.arange(fold_w * fold_h, device=idx.device).view(1, 1, -1, 1) * M
+    assignment = idx.view(B, heads, fold_w * fold_h, h * w) + region
+    assignment = rearrange(
+        assignment, "b e (f1 f2) (h w) -> b e (f1 h) (f2 w)", f1=fold_w, f2=fold_h, h=h
+    )
+    return ClusterOutput(out, assignment)
+
+
+class Cluster(nn.Module):
+    """Context-cluster token mixer: projections around :func:`context_cluster`.
+
+    Parameter names and shapes are those of the authors' release (``f``, ``v`` and ``proj`` are
+    1x1 convolutions), so released state dicts load unchanged. The forward pass applies them as
+    one fused channels-last matrix product for ``f`` and ``v``, which is the same arithmetic.
+
+    Input and output: (B, dim, H, W) -> (B, out_dim, H, W). After a forward pass,
+    ``last_assignment`` holds the (B, heads, H, W) assignment when ``keep_assignment`` is set.
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        out_dim: int,
+        heads: int = 4,
+        head_dim: int = 24,
+        proposal_w: int = 2,
+        proposal_h: int = 2,
+        fold_w: int = 2,
+        fold_h: int = 2,
+        similarity: str = "sigmoid",
+        center_iters: int = 0,
+    ):
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        self.proposal_w, self.proposal_h = proposal_w, proposal_h
+        self.fold_w, self.fold_h = fold_w, fold_h
+        self.similarity, self.center_iters = similarity, center_iters
+        self.f = nn.Conv2d(dim, heads * head_dim, kernel_size=1)  # similarity space
+        self.v = nn.Conv2d(dim, heads * head_dim, kernel_size=1)  # value space
+        self.proj = nn.Conv2d(heads * head_dim, out_dim, kernel_size=1)
+        self.sim_alpha = nn.Parameter(torch.ones(1))
+        self.sim_beta = nn.Parameter(torch.zeros(1))
+        self.keep_assignment = False
+        self.last_assignment: Tensor | None = None
+
+    def _mix(self, points: Tensor, values: Tensor) -> Tensor:
+        """Cluster, then project: (B, H, W, heads * head_dim) x 2 -> (B, H, W, out_dim)."""
+        res = context_cluster(
+            points,
+            values,
+            heads=self.heads,
+            proposal_w=self.proposal_w,
+            proposal_h=self.proposal_h,
+            fold_w=self.fold_w,
+            fold_h=self.fold_h,
+            sim_alpha=self.sim_alpha,
+            sim_beta=self.sim_beta,
+            similarity=self.similarity,
+            center_iters=self.center_iters,
+        )
+        if self.keep_assignment:
+            self.last_assignment = res.assignment.detach()
+        return F.linear(res.out, self.proj.weight.flatten(1), self.proj.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        xl = x.permute(0, 2, 3, 1)  # (B, H, W, dim); a free view for channels-last inputs
+        weight = torch.cat([self.f.weight, self.v.weight]).flatten(1)
+        fv = F.linear(xl, weight, torch.cat([self.f.bias, self.v.bias]))
+        points, values = fv.chunk(2, dim=-1)  # (B, H, W, heads * head_dim) each
+        return self._mix(points, values).permute(0, 3, 1, 2)  # (B, out_dim, H, W)
+
+    def extra_repr(self) -> str:
+        return (
+            f"heads={self.heads}, head_dim={self.head_dim}, "
+            f"proposal={self.proposal_w}x{self.proposal_h}, fold={self.fold_w}x{self.fold_h}, "
+            f"similarity={self.similarity}, center_iters={self.center_iters}"
+        )

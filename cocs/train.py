@@ -1,0 +1,908 @@
+"""One training engine for every notebook and for ``python -m cocs.train``.
+
+The configuration is one flat ``TrainConfig``; its field names are the notebook parameters, the
+command-line options and the keys of the saved files. ``train(cfg)`` builds the data, the model
+(``timm.create_model`` after ``import cocs``, so every registered name works), AdamW with a
+cosine schedule and warm-up, and runs epochs that each end by evaluating, appending a row to
+``<out_dir>/metrics.csv`` and saving ``<ckpt_dir>/last.pt``. A run that finds ``last.pt`` resumes
+from it and ends with the same metrics as an uninterrupted run.
+
+Under ``torchrun --nproc_per_node=N -m cocs.train ...`` the same code trains with
+DistributedDataParallel (NCCL on GPUs, gloo on CPUs); ``batch_size`` is the global batch, split
+evenly over the processes, and only rank 0 writes files.
+"""
+
+import argparse
+import ast
+import csv
+import difflib
+import io
+import json
+import math
+import numbers
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import data as D
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be used; raised before any training starts."""
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run, flat. Defaults are the documented CIFAR-10 run."""
+
+    # model
+    model: str = "coc_cifar"  # any timm name; `import cocs` registers coc_*
+    model_kwargs: str = ""  # extra create_model arguments: "k=v,k=v" (Python literals) or JSON
+    drop_path: float = 0.1  # stochastic depth rate
+    # data
+    dataset: str = "cifar10"  # cifar10, cifar100, imagenette, imagenet or folder
+    data_path: str = (
+        ""  # explicit data location; empty: COCS_DATA_<NAME>, cache, archives, download
+    )
+    download: bool = True  # allow downloading the data set as the last resort
+    img_size: int = 32  # side of the images the model sees
+    max_per_class: int = 0  # training images kept per class (first in file order); 0: all
+    max_test_per_class: int = 0  # evaluation images kept per class; 0: all
+    max_classes: int = 0  # classes kept (first in sorted order); 0: all
+    randaugment: str = ""  # timm RandAugment string such as "rand-m9-mstd0.5-inc1"; empty: off
+    mixup: float = 0.0  # Mixup alpha; 0: off
+    cutmix: float = 0.0  # CutMix alpha; 0: off
+    label_smoothing: float = 0.1
+    # optimisation
+    epochs: int = 30
+    batch_size: int = 128  # global batch, over all processes
+    eval_batch_size: int = 0  # 0: 2 * batch_size
+    opt: str = "adamw"  # a timm optimizer name
+    lr: float = 2e-3  # peak learning rate (not rescaled with the batch size)
+    min_lr: float = 1e-5  # learning rate at the end of the cosine
+    warmup_epochs: int = 2  # linear warm-up from warmup_lr to lr (may exceed epochs in smoke runs)
+    warmup_lr: float = 1e-6
+    weight_decay: float = 0.05  # not applied to norms, biases and other 1-d parameters
+    sched_on_steps: bool = True  # update the learning rate every step (else every epoch)
+    clip_grad: float = 0.0  # max gradient norm; 0: off
+    ema: float = 0.0  # decay of an exponential moving average of the weights; 0: off
+    amp: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU), bf16, fp16 or off
+    # run
+    seed: int = 0
+    device: str = "auto"  # auto (CUDA if present), cpu, cuda, cuda:N
+    num_workers: int = 0  # DataLoader worker processes
+    num_threads: int = 0  # torch CPU threads; 0: leave torch's default
+    out_dir: str = "results/train"  # metrics.csv and metrics.json
+    ckpt_dir: str = ""  # last.pt; empty: out_dir with its "results" component -> "checkpoints"
+    resume: bool = True  # continue from ckpt_dir/last.pt when it exists
+    keep_epoch_ckpts: bool = False  # also keep epoch_NNN.pt (weights only) for later analysis
+    stop_after_epochs: int = 0  # stop this call after so many epochs (resume later); 0: run all
+    progress: bool = True  # progress bars
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "TrainConfig":
+        """A validated config from a mapping; unknown keys and wrong types raise ``ConfigError``."""
+        if isinstance(d, TrainConfig):
+            d = asdict(d)
+        types = {f.name: f.type for f in fields(cls)}
+        values = {}
+        for key, value in d.items():
+            if key not in types:
+                close = difflib.get_close_matches(str(key), types, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(
+                    f"unknown config key {key!r}.{hint} Known keys: {', '.join(types)}. "
+                    "Rename or remove it."
+                )
+            values[key] = _check_type(key, value, types[key])
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_namespace(cls, namespace: Mapping, **overrides) -> "TrainConfig":
+        """A validated config from the config keys of a namespace (a notebook's ``globals()``).
+
+        Names that are not config keys are ignored, so a notebook's ``parameters`` cell stays
+        the one place where its run is defined; ``overrides`` win over the namespace.
+        """
+        names = {f.name for f in fields(cls)}
+        return cls.from_dict({k: v for k, v in namespace.items() if k in names} | overrides)
+
+    def validate(self) -> None:
+        """Check values (types and ranges) without touching data or models; raise ``ConfigError``."""
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), f.type)
+        rules = [
+            ("epochs", self.epochs >= 1, "an int >= 1"),
+            ("batch_size", self.batch_size >= 1, "an int >= 1"),
+            ("eval_batch_size", self.eval_batch_size >= 0, "an int >= 0 (0: 2 * batch_size)"),
+            ("img_size", self.img_size >= 1, "an int >= 1"),
+            ("lr", self.lr > 0, "a float > 0"),
+            ("min_lr", self.min_lr >= 0, "a float >= 0"),
+            ("warmup_lr", self.warmup_lr >= 0, "a float >= 0"),
+            ("weight_decay", self.weight_decay >= 0, "a float >= 0"),
+            (
+                "warmup_epochs",
+                self.warmup_epochs >= 0,
+                "an int >= 0 (a warm-up longer than the run never reaches lr)",
+            ),
+            ("label_smoothing", 0 <= self.label_smoothing < 1, "a float in [0, 1)"),
+            ("drop_path", 0 <= self.drop_path < 1, "a float in [0, 1)"),
+            ("mixup", self.mixup >= 0, "a float >= 0 (0: off)"),
+            ("cutmix", self.cutmix >= 0, "a float >= 0 (0: off)"),
+            (
+                "ema",
+                self.ema == 0 or 0 < self.ema < 1,
+                "0 (off) or a decay in (0, 1) such as 0.9998",
+            ),
+            ("clip_grad", self.clip_grad >= 0, "a float >= 0 (0: off)"),
+            ("amp", self.amp in ("auto", "bf16", "fp16", "off"), "one of auto, bf16, fp16, off"),
+            (
+                "device",
+                self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+                "auto, cpu, cuda, cuda:N or mps",
+            ),
+            ("dataset", self.dataset in D.DATASETS, f"one of {sorted(D.DATASETS)}"),
+            ("max_per_class", self.max_per_class >= 0, "an int >= 0 (0: all)"),
+            ("max_test_per_class", self.max_test_per_class >= 0, "an int >= 0 (0: all)"),
+            ("max_classes", self.max_classes >= 0, "an int >= 0 (0: all)"),
+            ("num_workers", self.num_workers >= 0, "an int >= 0"),
+            ("num_threads", self.num_threads >= 0, "an int >= 0 (0: torch's default)"),
+            ("stop_after_epochs", self.stop_after_epochs >= 0, "an int >= 0 (0: run all epochs)"),
+            (
+                "randaugment",
+                self.randaugment == "" or self.randaugment.startswith("rand"),
+                "empty (off) or a timm RandAugment string such as 'rand-m9-mstd0.5-inc1'",
+            ),
+            ("out_dir", self.out_dir != "", "a folder path"),
+        ]
+        for key, ok, expected in rules:
+            if not ok:
+                raise ConfigError(
+                    f"{key}={getattr(self, key)!r} is not valid; expected {expected}."
+                )
+        if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
+            raise ConfigError(
+                f"batch_size={self.batch_size} must be even with mixup/cutmix; use an even batch."
+            )
+        parse_model_kwargs(self.model_kwargs)
+
+
+def _check_type(key: str, value, expected: type):
+    """``value`` as ``expected`` (int, float, bool or str), or a ``ConfigError`` naming the key."""
+    ok = {
+        bool: isinstance(value, bool | np.bool_),
+        int: isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_),
+        float: isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_),
+        str: isinstance(value, str),
+    }[expected]
+    if not ok:
+        example = {bool: "True or False", int: "3", float: "0.001", str: "'text'"}[expected]
+        raise ConfigError(
+            f"{key}={value!r} has type {type(value).__name__}; expected {expected.__name__} (e.g. {key}={example})."
+        )
+    return expected(value)
+
+
+def parse_model_kwargs(text: str) -> dict:
+    """``"a=1,b=(2, 3),c=name"`` or a JSON object -> keyword arguments for ``timm.create_model``."""
+    text = text.strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        try:
+            out = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"model_kwargs={text!r} is not valid JSON ({err}).") from err
+        if not isinstance(out, dict):
+            raise ConfigError(f"model_kwargs={text!r} must be a JSON object.")
+        return out
+    out = {}
+    depth, start, parts = 0, 0, []
+    for i, ch in enumerate(text):  # split on commas outside brackets
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    for part in parts:
+        key, sep, raw = part.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ConfigError(
+                f"model_kwargs={text!r}: {part.strip()!r} is not key=value; write e.g. 'fold=2,heads=(4, 8)'."
+            )
+        try:
+            out[key.strip()] = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = raw.strip()  # a bare word is a string
+    return out
+
+
+def resolve_ckpt_dir(cfg: TrainConfig) -> Path:
+    """``ckpt_dir``, or ``out_dir`` with its last "results" component replaced by "checkpoints"."""
+    if cfg.ckpt_dir:
+        return Path(cfg.ckpt_dir)
+    parts = list(Path(cfg.out_dir).parts)
+    if "results" in parts:
+        i = len(parts) - 1 - parts[::-1].index("results")
+        parts[i] = "checkpoints"
+        return Path(*parts)
+    return Path(cfg.out_dir) / "checkpoints"
+
+
+# Keys that may differ between the run that wrote a checkpoint and the run resuming it.
+RUN_ONLY_KEYS = frozenset(
+    {
+        "out_dir",
+        "ckpt_dir",
+        "resume",
+        "keep_epoch_ckpts",
+        "stop_after_epochs",
+        "num_workers",
+        "num_threads",
+        "progress",
+        "device",
+        "download",
+        "data_path",
+    }
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Provenance
+# --------------------------------------------------------------------------------------------
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment_info(device: torch.device | str | None = None) -> dict:
+    """Git commit, library versions and hardware, for every metrics file and checkpoint."""
+    import timm
+    import torchvision
+
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    info = {
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(status) if status is not None else None,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__),
+            "timm": str(timm.__version__),
+            "numpy": str(np.__version__),
+        },
+        "hardware": {
+            "platform": platform.platform(),
+            "cpu": _cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+            "device": str(device) if device is not None else None,
+            "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+        },
+    }
+    return info
+
+
+# --------------------------------------------------------------------------------------------
+# Files, written atomically
+# --------------------------------------------------------------------------------------------
+
+
+def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_text(path: Path, text: str) -> None:
+    _write_atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_metrics_csv(path: Path, rows: Sequence[Mapping]) -> None:
+    """Rewrite ``metrics.csv`` atomically: one row per epoch."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_text(path, buf.getvalue())
+
+
+def _save(obj, path: Path) -> None:
+    _write_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+# --------------------------------------------------------------------------------------------
+# Random state
+# --------------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state(device: torch.device) -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# --------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------
+
+
+def create_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    """``timm.create_model(cfg.model, ...)`` after registering the cocs variants."""
+    import timm
+
+    from .model import unknown_model_message
+
+    if (problem := unknown_model_message(cfg.model)) is not None:
+        raise ConfigError(f"model: {problem}")
+    return timm.create_model(
+        cfg.model,
+        num_classes=num_classes,
+        drop_path_rate=cfg.drop_path,
+        **parse_model_kwargs(cfg.model_kwargs),
+    )
+
+
+@dataclass
+class DataBundle:
+    """The two splits of a run, ready for ``make_loader``."""
+
+    train: D.AugmentedImages
+    test: D.AugmentedImages
+    classes: list[str]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    source: str
+
+
+def build_data(cfg: TrainConfig, *, rank: int = 0) -> DataBundle:
+    """Load (and on first use decode and cache) both splits of ``cfg.dataset``."""
+    spec = D.get_spec(cfg.dataset)
+    common = dict(
+        img_size=cfg.img_size,
+        data_path=cfg.data_path,
+        download=cfg.download,
+        progress=cfg.progress and rank == 0,
+    )
+    train = D.load_split(
+        cfg.dataset, "train", max_per_class=cfg.max_per_class, max_classes=cfg.max_classes, **common
+    )
+    test = D.load_split(
+        cfg.dataset, "test", max_per_class=cfg.max_test_per_class, classes=train.classes, **common
+    )
+    return DataBundle(
+        train=D.AugmentedImages(
+            train, D.train_transform(cfg.dataset, cfg.img_size, cfg.randaugment)
+        ),
+        test=D.AugmentedImages(test, D.CenterCrop(cfg.img_size)),
+        classes=train.classes,
+        mean=spec.mean,
+        std=spec.std,
+        source=train.source,
+    )
+
+
+def _resolve_device(cfg: TrainConfig, local_rank: int) -> torch.device:
+    if cfg.device == "auto":
+        return (
+            torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        )
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device={cfg.device!r} but CUDA is not available here; use device='auto' or 'cpu'."
+        )
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def _resolve_amp(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.amp == "off" or (cfg.amp == "auto" and device.type != "cuda"):
+        return None
+    if cfg.amp == "fp16" and device.type != "cuda":
+        raise ConfigError(
+            f"amp='fp16' needs CUDA, this run is on {device}; use amp='bf16' or 'off'."
+        )
+    if cfg.amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cfg.amp == "bf16" else torch.float16
+
+
+def _init_distributed() -> tuple[int, int, int, bool]:
+    """``(rank, world_size, local_rank, started_here)`` from torchrun's environment variables."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0, False
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if dist.is_initialized():
+        return rank, world, local_rank, False
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend)
+    return rank, world, local_rank, True
+
+
+def evaluate(
+    model: nn.Module,
+    loader,
+    *,
+    device: torch.device,
+    mean,
+    std,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[float, float, int]:
+    """Mean cross-entropy, top-1 accuracy (%) and count over a loader (summed over processes)."""
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+    with torch.no_grad():
+        for x, y in loader:
+            x, y = (
+                D.normalize(x.to(device, non_blocking=True), mean, std),
+                y.to(device, non_blocking=True),
+            )
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(x)
+            totals[0] += nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
+            totals[1] += (logits.argmax(1) == y).sum()
+            totals[2] += len(y)
+    if dist.is_initialized():
+        dist.all_reduce(totals)
+    loss, correct, n = totals.tolist()
+    return loss / n, 100.0 * correct / n, int(n)
+
+
+def load_trained(
+    path: str | os.PathLike, *, ema: bool = False, device: str = "cpu"
+) -> tuple[nn.Module, TrainConfig]:
+    """A model rebuilt from a checkpoint (``last.pt`` or ``epoch_NNN.pt``), in eval mode, and its config.
+
+    Args:
+        path: a checkpoint file, or a ckpt_dir holding ``last.pt``.
+        ema: load the EMA weights (the run must have used ``ema > 0``).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    known = {f.name for f in fields(TrainConfig)}
+    dropped = sorted(set(ckpt["config"]) - known)
+    if dropped:  # written by another version of this module
+        warnings.warn(
+            f"{path}: ignoring config keys {dropped} that TrainConfig no longer has", stacklevel=2
+        )
+    cfg = TrainConfig.from_dict({k: v for k, v in ckpt["config"].items() if k in known})
+    model = create_model(cfg, num_classes=len(ckpt["classes"]))
+    if ema:
+        if ckpt.get("ema") is None:
+            raise ValueError(
+                f"{path} holds no EMA weights (its run had ema=0); call with ema=False."
+            )
+        state = {k.removeprefix("module."): v for k, v in ckpt["ema"].items()}
+    else:
+        state = ckpt["model"]
+    model.load_state_dict(state)
+    return model.to(device).eval(), cfg
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+
+
+def train(
+    cfg: TrainConfig | Mapping, *, on_epoch_end: Callable[[dict], None] | None = None
+) -> dict:
+    """Train (or resume, or reload a finished run) and return its summary.
+
+    Args:
+        cfg: a ``TrainConfig`` or a mapping of its fields (validated before anything runs).
+        on_epoch_end: called with each epoch's metrics row, after the files are written.
+
+    Returns a dict: ``config``, ``metrics`` (one dict per epoch), ``final`` (the last row),
+    ``epochs_done``, ``complete``, ``classes``, ``params``, ``out_dir``, ``ckpt_path``,
+    ``model`` (unwrapped, eval mode) and ``ema_model`` (or None).
+    """
+    cfg = TrainConfig.from_dict(cfg)  # validates a TrainConfig too
+    rank, world, local_rank, started_here = _init_distributed()
+    try:
+        return _train(cfg, rank, world, local_rank, on_epoch_end)
+    finally:
+        if started_here:
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_end) -> dict:
+    import timm.data
+    import timm.loss
+    import timm.optim
+    import timm.scheduler
+    import timm.utils
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = _resolve_device(cfg, local_rank)
+    amp_dtype = _resolve_amp(cfg, device)
+    if cfg.batch_size % world:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} must be divisible by the {world} processes."
+        )
+    out_dir, ckpt_dir = Path(cfg.out_dir), resolve_ckpt_dir(cfg)
+    last_path = ckpt_dir / "last.pt"
+    is_main = rank == 0
+
+    # Data: rank 0 first, so that extraction and decoding happen once.
+    if is_main:
+        bundle = build_data(cfg, rank=rank)
+    if world > 1:
+        dist.barrier()
+    if not is_main:
+        bundle = build_data(cfg, rank=rank)
+    n_train = len(bundle.train)
+    steps_per_epoch = n_train // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} is larger than the training set ({n_train} images); lower batch_size."
+        )
+
+    # Model, identical on every rank; then per-rank randomness (drop path) from seed + rank.
+    seed_everything(cfg.seed)
+    model = create_model(cfg, num_classes=len(bundle.classes)).to(device)
+    seed_everything(cfg.seed + rank)
+    n_params = sum(p.numel() for p in model.parameters())
+    ema = timm.utils.ModelEmaV3(model, decay=cfg.ema) if cfg.ema > 0 else None
+    optimizer = timm.optim.create_optimizer_v2(
+        model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
+    t_scale = steps_per_epoch if cfg.sched_on_steps else 1
+    scheduler = timm.scheduler.CosineLRScheduler(
+        optimizer,
+        t_initial=cfg.epochs * t_scale,
+        lr_min=cfg.min_lr,
+        warmup_t=cfg.warmup_epochs * t_scale,
+        warmup_lr_init=cfg.warmup_lr,
+        t_in_epochs=not cfg.sched_on_steps,
+    )
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    mixup = None
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        mixup = timm.data.Mixup(
+            mixup_alpha=cfg.mixup,
+            cutmix_alpha=cfg.cutmix,
+            label_smoothing=cfg.label_smoothing,
+            num_classes=len(bundle.classes),
+        )
+        criterion = timm.loss.SoftTargetCrossEntropy()
+    elif cfg.label_smoothing > 0:
+        criterion = timm.loss.LabelSmoothingCrossEntropy(smoothing=cfg.label_smoothing)
+    else:
+        criterion = nn.CrossEntropyLoss()
+
+    rows: list[dict] = []
+    start_epoch = 0
+    env = environment_info(device)
+    if cfg.resume and last_path.is_file():
+        ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
+        changed = {
+            k: (ckpt["config"].get(k), v)
+            for k, v in asdict(cfg).items()
+            if k not in RUN_ONLY_KEYS and ckpt["config"].get(k) != v
+        }
+        if changed:
+            listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            raise ConfigError(
+                f"{last_path} belongs to a run with other settings ({listed}); use another ckpt_dir, "
+                "delete it, or pass resume=False to start afresh."
+            )
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        rows, start_epoch = list(ckpt["metrics"]), int(ckpt["epoch"])
+        states = ckpt["rng"]
+        if len(states) == world:
+            _set_rng_state(states[rank], device)
+        else:  # another process count: randomness cannot continue identically
+            seed_everything(cfg.seed + rank + 1000 * start_epoch)
+        if start_epoch >= cfg.epochs:
+            env = ckpt.get("env", env)
+    net = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
+    pin = device.type == "cuda"
+    epochs_run = 0
+    for epoch in range(start_epoch, cfg.epochs):
+        if cfg.stop_after_epochs and epochs_run >= cfg.stop_after_epochs:
+            break
+        if not cfg.sched_on_steps:
+            scheduler.step(epoch)
+        sampler = D.EpochBatchSampler(
+            n_train, cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=rank, world_size=world
+        )
+        loader = D.make_loader(bundle.train, sampler, cfg.num_workers, pin_memory=pin)
+        net.train()
+        totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+        t0 = time.perf_counter()
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            leave=False,
+            disable=not (cfg.progress and is_main),
+        )
+        for step, (x, y) in enumerate(bar):
+            x, y = (
+                D.normalize(x.to(device, non_blocking=True), bundle.mean, bundle.std),
+                y.to(device, non_blocking=True),
+            )
+            target = y
+            if mixup is not None:
+                x, target = mixup(x, y)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = net(x)
+                loss = criterion(logits, target)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            if cfg.clip_grad > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            num_updates = epoch * steps_per_epoch + step + 1
+            if cfg.sched_on_steps:
+                scheduler.step_update(num_updates)
+            if ema is not None:
+                ema.update(model, step=num_updates)
+            totals[0] += loss.detach().double() * len(y)
+            totals[1] += (logits.detach().argmax(1) == y).sum()
+            totals[2] += len(y)
+            if cfg.progress and is_main and step % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_seconds = time.perf_counter() - t0
+        if world > 1:
+            dist.all_reduce(totals)
+        train_loss, train_correct, seen = totals.tolist()
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(
+                f"training loss became {train_loss} in epoch {epoch + 1}; lower lr (now {cfg.lr}) or use amp='off'."
+            )
+        row = {
+            "epoch": epoch + 1,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": train_loss / seen,
+            "train_acc": 100.0 * train_correct / seen,  # against the unmixed labels
+        }
+        eval_sampler = D.EpochBatchSampler(
+            len(bundle.test), eval_bs, shuffle=False, drop_last=False, rank=rank, world_size=world
+        )
+        row["test_loss"], row["test_acc"], _ = evaluate(
+            model,
+            D.make_loader(bundle.test, eval_sampler, cfg.num_workers, pin_memory=pin),
+            device=device,
+            mean=bundle.mean,
+            std=bundle.std,
+            amp_dtype=amp_dtype,
+        )
+        if ema is not None:
+            row["ema_test_loss"], row["ema_test_acc"], _ = evaluate(
+                ema.module,
+                D.make_loader(bundle.test, eval_sampler, cfg.num_workers, pin_memory=pin),
+                device=device,
+                mean=bundle.mean,
+                std=bundle.std,
+                amp_dtype=amp_dtype,
+            )
+        row["train_seconds"] = train_seconds
+        row["epoch_seconds"] = time.perf_counter() - t0
+        row["images_per_s"] = seen / train_seconds
+        rows.append(row)
+        epochs_run += 1
+
+        states = [_rng_state(device)]
+        if world > 1:
+            states = [None] * world
+            dist.all_gather_object(states, _rng_state(device))
+        if is_main:
+            ckpt = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "epoch": epoch + 1,
+                "rng": states,
+                "config": asdict(cfg),
+                "metrics": rows,
+                "classes": bundle.classes,
+                "env": env,
+            }
+            _save(ckpt, last_path)
+            if cfg.keep_epoch_ckpts:
+                _save(
+                    {k: ckpt[k] for k in ("model", "ema", "epoch", "config", "classes", "env")},
+                    ckpt_dir / f"epoch_{epoch + 1:03d}.pt",
+                )
+            write_metrics_csv(out_dir / "metrics.csv", rows)
+            if cfg.progress:
+                tqdm.write(_describe(row, cfg.epochs))
+        if on_epoch_end is not None:
+            on_epoch_end(dict(row))
+
+    result = {
+        "config": asdict(cfg),
+        "metrics": rows,
+        "final": rows[-1] if rows else None,
+        "epochs_done": len(rows),
+        "complete": len(rows) >= cfg.epochs,
+        "classes": bundle.classes,
+        "params": n_params,
+        "train_images": n_train,
+        "test_images": len(bundle.test),
+        "data_source": bundle.source,
+        "world_size": world,
+        "out_dir": str(out_dir),
+        "ckpt_path": str(last_path),
+    }
+    if world > 1:
+        result["rank_weight_max_diff"] = _max_weight_diff(model)
+    if is_main:
+        if rows:
+            write_metrics_csv(out_dir / "metrics.csv", rows)
+        meta = {k: v for k, v in result.items() if k != "metrics"}
+        meta["environment"] = env
+        meta["images_skipped"] = len(bundle.train.data.skipped) + len(bundle.test.data.skipped)
+        _write_text(out_dir / "metrics.json", json.dumps(meta, indent=2) + "\n")
+    result["model"] = model.eval()
+    result["ema_model"] = ema.module.eval() if ema is not None else None
+    return result
+
+
+def _max_weight_diff(model: nn.Module) -> float:
+    """Largest absolute difference between this process's parameters and rank 0's."""
+    flat = torch.cat([p.detach().float().flatten() for p in model.parameters()])
+    ref = flat.clone()
+    dist.broadcast(ref, 0)
+    diff = (flat - ref).abs().max()
+    dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+    return diff.item()
+
+
+def _describe(row: Mapping, epochs: int) -> str:
+    text = (
+        f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}%  "
+        f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}%"
+    )
+    if "ema_test_acc" in row:
+        text += f"  ema acc {row['ema_test_acc']:.2f}%"
+    return text + f"  {row['epoch_seconds']:.1f}s  {row['images_per_s']:.0f} img/s"
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean; use true or false")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """An argparse parser with one ``--name`` option per ``TrainConfig`` field."""
+    parser = argparse.ArgumentParser(
+        prog="python -m cocs.train",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for f in fields(TrainConfig):
+        kind = _parse_bool if f.type is bool else f.type
+        parser.add_argument(
+            f"--{f.name}", type=kind, default=f.default, metavar=f.type.__name__.upper()
+        )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """``python -m cocs.train --model coc_cifar --epochs 30 ...``; prints the final metrics."""
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = TrainConfig.from_dict(vars(args))
+    except ConfigError as err:
+        sys.exit(f"error: {err}")
+    try:
+        result = train(cfg)
+    except (ConfigError, D.DataError) as err:
+        sys.exit(f"error: {err}")
+    if int(os.environ.get("RANK", "0")) == 0 and result["final"] is not None:
+        print(json.dumps({"out_dir": result["out_dir"], **result["final"]}))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""The benchmark's baseline computes the same function as cocs, and the benchmark runs."""
+
+from __future__ import annotations
+
+import pandas as pd
+import timm
+import torch
+import torch.nn.functional as F
+
+from cocs.bench import compare, cpu_peak_mib, hardware_name, main, paper_model
+
+
+def test_paper_formulation_equals_cocs_forward_and_backward():
+    model = timm.create_model("coc_micro", layer_scale_init_value=0.5).train()
+    paper = paper_model(model)
+    x = torch.randn(4, 3, 32, 32)
+    y = torch.tensor([0, 1, 2, 3])
+    for m in (model, paper):
+        F.cross_entropy(m(x), y).backward()
+    torch.testing.assert_close(model(x), paper(x))
+    for (name, a), b in zip(model.named_parameters(), paper.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_paper_model_is_a_copy_in_nchw():
+    model = timm.create_model("coc_micro")
+    paper = paper_model(model)
+    assert model.channels_last and not paper.channels_last
+    assert type(model.network[0][0].token_mixer).__name__ == "Cluster"
+    assert type(paper.network[0][0].token_mixer).__name__ == "PaperCluster"
+
+
+def test_cpu_peak_counts_what_is_alive_at_once():
+    def fn():
+        a = torch.ones(2**20)  # 4 MiB
+        b = torch.ones(2**20)  # 8 MiB alive
+        del a
+        c = torch.ones(2**19)  # 4 + 2 MiB alive
+        return b, c
+
+    assert abs(cpu_peak_mib(fn) - 8.0) < 0.1
+
+
+def test_compare_and_main_write_a_csv(tmp_path):
+    row = compare("coc_micro", img_size=32, batch=4, steps=1, warmup=0)
+    assert row["speedup"] > 0 and row["cocs_peak_mib"] > 0 and row["paper_peak_mib"] > 0
+    path = main(["--steps", "1", "--warmup", "0", "--out_dir", str(tmp_path), "--cases", "coc_micro:32:4"])
+    table = pd.read_csv(path)
+    assert path.name == f"{hardware_name()}.csv" and list(table["model"]) == ["coc_micro"]
+    assert {"speedup", "memory_ratio", "paper_step_s", "cocs_step_s"} <= set(table.columns)

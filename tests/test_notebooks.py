@@ -1,0 +1,211 @@
+"""Every handbook notebook: its source follows the conventions, and its smoke run writes results.
+
+The smoke runs execute `notebooks/NN_slug.py` with the `smoke` profile of
+`notebooks/profiles.yaml`, in chapter order, into one temporary results folder (so a chapter
+can read what an earlier one wrote), and then call that notebook's check below on
+`<results_dir>/NN_slug/`. Every notebook needs a check: a run that only finishes proves little.
+
+Select them with `pytest -m notebook`, leave them out with `pytest -m "not notebook"`.
+"""
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cocs import handbook
+
+NOTEBOOKS = handbook.notebook_names()
+
+
+# --- what the checks use ---------------------------------------------------------------------
+
+
+def csv_table(path: Path, columns: list[str]) -> pd.DataFrame:
+    """The table at `path`, asserting that it has rows and at least the given columns."""
+    assert path.is_file(), f"{path.name} was not written"
+    table = pd.read_csv(path)
+    assert len(table) > 0, f"{path.name} has no rows"
+    missing = set(columns) - set(table.columns)
+    assert not missing, f"{path.name} lacks columns {sorted(missing)}; has {list(table.columns)}"
+    return table
+
+
+def png_image(path: Path) -> tuple[int, int]:
+    """The (width, height) of the PNG at `path`, asserting that it opens and is not empty."""
+    assert path.is_file(), f"{path.name} was not written"
+    with Image.open(path) as im:
+        assert im.format == "PNG", f"{path.name} is {im.format}, not PNG"
+        im.load()
+        assert im.width > 1 and im.height > 1, f"{path.name} is {im.size}"
+        return im.size
+
+
+# --- one check per notebook, on the files it wrote ---------------------------------------------
+
+CHECKS: dict[str, Callable[[Path], None]] = {}
+
+
+def checks(name: str):
+    """Register the function as the check of notebook `name`; it receives `results_dir/name/`."""
+
+    def register(fn):
+        assert name not in CHECKS, f"two checks for {name}"
+        CHECKS[name] = fn
+        return fn
+
+    return register
+
+
+# A check asserts on the files the notebook wrote, for example:
+#
+# @checks("01_image_as_points")
+# def _(out: Path):
+#     points = csv_table(out / "points.csv", ["image", "N", "D"])
+#     assert (points["N"] > 0).all()
+#     png_image(out / "points.png")
+
+
+@checks("01_image_as_points")
+def _(out: Path):
+    cols = ["image", "H", "W", "N", "D"] + [
+        f"{c}_{m}" for c in ("r", "g", "b", "row", "column") for m in ("min", "max")
+    ]
+    points = csv_table(out / "points.csv", cols)
+    assert len(points) == 1
+    p = points.iloc[0]
+    assert p["N"] == p["H"] * p["W"] and p["D"] == 5
+    assert p["H"] != p["W"], "the photo keeps its portrait aspect ratio"
+    for c in ("row", "column"):  # positions span [-0.5, 0.5] exactly
+        assert p[f"{c}_min"] == -0.5 and p[f"{c}_max"] == 0.5
+    for c in ("r", "g", "b"):  # colours in [0, 1], not constant
+        assert 0 <= p[f"{c}_min"] < p[f"{c}_max"] <= 1
+
+    stages = csv_table(
+        out / "points_per_stage.csv", ["stage", "points_N", "channels_D", "reduction"]
+    )
+    assert len(stages) == 5, "the input points, then four stages"
+    assert stages["channels_D"].iloc[0] == 5
+    assert (stages["points_N"].diff().iloc[1:] < 0).all(), "every reducer shrinks the set"
+    assert (stages["channels_D"].diff().iloc[1:] > 0).all(), "channels grow stage by stage"
+    side = stages["points_N"].iloc[0] ** 0.5
+    assert (stages["points_N"] * stages["reduction"] ** 2 == side**2).all()
+    for name in ("point_cloud.png", "points_2d.png", "points_per_stage.png"):
+        png_image(out / name)
+
+
+@checks("02_context_clustering")
+def _(out: Path):
+    scaling = csv_table(out / "scaling.csv", ["impl", "N", "M", "D", "seconds", "peak_mib"])
+    assert set(scaling["impl"]) == {"paper", "cocs"}
+    assert (scaling["seconds"] > 0).all() and (scaling["peak_mib"] > 0).all()
+    peak = scaling.pivot_table(index=["N", "M"], columns="impl", values="peak_mib")
+    assert len(peak) >= 2 and peak.notna().all().all(), "every (N, M) needs both implementations"
+    largest = peak.loc[peak.index.max()]  # the largest N, and there the largest M
+    assert largest["paper"] > largest["cocs"], "the broadcast formulation should need more memory"
+    assigned = csv_table(
+        out / "assignments.csv",
+        ["setting", "M", "folds", "centres_total", "clusters_used", "largest_fraction"],
+    )
+    assert (assigned["centres_total"] == assigned["M"] * assigned["folds"] ** 2).all()
+    used = assigned["clusters_used"]
+    assert ((used >= 1) & (used <= assigned["centres_total"])).all()
+    assert ((assigned["largest_fraction"] > 0) & (assigned["largest_fraction"] <= 1)).all()
+    assert {1, 2, 4} <= set(assigned["folds"]) and (assigned["center_iters"] > 0).any()
+    for figure in ("steps", "assignments", "iterations", "scaling"):
+        png_image(out / f"{figure}.png")
+
+
+# check: 03_model_family
+
+
+# --- conventions of the sources ----------------------------------------------------------------
+
+
+def test_the_handbook_has_notebooks():
+    assert NOTEBOOKS, f"no notebooks/NN_slug.py found in {handbook.NOTEBOOKS_DIR}"
+
+
+def test_every_notebook_has_a_check():
+    unchecked = sorted(set(NOTEBOOKS) - set(CHECKS))
+    orphans = sorted(set(CHECKS) - set(NOTEBOOKS))
+    assert not unchecked, f"add a @checks(name) function in {__file__} for {unchecked}"
+    assert not orphans, f"checks for notebooks that do not exist: {orphans}; rename or remove"
+
+
+def test_no_notebook_is_tracked_as_ipynb():
+    root = handbook.repo_root()
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(
+        ["git", "ls-files", "*.ipynb"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert not tracked, (
+        f"tracked .ipynb files {tracked}: the sources are notebooks/*.py (jupytext percent); "
+        "`git rm --cached` them"
+    )
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_source_conventions(name):
+    nb = handbook.read_notebook(name)
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and first.source.startswith("# "), (
+        f"{name}: the first cell should be a markdown title, `# %% [markdown]` then `# # Title`"
+    )
+    params = handbook.parameters_of(nb, where=name)  # flat scalars, or it raises
+    assert params.get("results_dir") == "results", (
+        f'{name}: the parameters cell should set results_dir = "results", got '
+        f"{params.get('results_dir')!r}"
+    )
+    index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    assert all(c.cell_type == "markdown" for c in nb.cells[:index]), (
+        f"{name}: code runs before the parameters cell; put the parameters cell first"
+    )
+
+
+def test_profiles_are_complete_and_valid():
+    handbook.check_profiles()
+    for name in NOTEBOOKS:
+        handbook.load_profile(name, "smoke")
+
+
+# --- smoke runs --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def smoke_results(tmp_path_factory):
+    return tmp_path_factory.mktemp("results")
+
+
+def _files(folder: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_smoke_run(name, smoke_results, tmp_path):
+    check = CHECKS.get(name)
+    if check is None:
+        pytest.fail(f"{name} has no check: add a @checks({name!r}) function in {__file__}")
+    committed = handbook.repo_root() / "results"
+    before_committed = _files(committed) if committed.exists() else {}
+    before = {p.name for p in smoke_results.iterdir()}
+
+    handbook.run_notebook(
+        name, profile="smoke", results_dir=smoke_results, output=tmp_path / f"{name}.ipynb"
+    )
+
+    new = {p.name for p in smoke_results.iterdir()} - before
+    assert new <= {name}, f"{name} wrote outside results_dir/{name}/: {sorted(new - {name})}"
+    after_committed = _files(committed) if committed.exists() else {}
+    assert after_committed == before_committed, (
+        f"{name} changed the committed results/ in a smoke run; write under "
+        "results_path(results_dir, ...) only"
+    )
+    out = smoke_results / name
+    assert out.is_dir() and any(out.iterdir()), f"{name} wrote nothing in results_dir/{name}/"
+    check(out)

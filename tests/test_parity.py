@@ -1,0 +1,87 @@
+"""cocs computes what the authors' release computes, and loads its checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from cocs import Cluster, load_official_checkpoint
+
+ATOL = 1e-4
+
+
+@pytest.mark.parametrize("name", ["coc_tiny", "coc_tiny_plain"])
+def test_released_model_reproduces_features_and_logits(reference, name):
+    ref = reference[name]
+    model = load_official_checkpoint(ref["state_dict"], name).eval()
+    with torch.no_grad():
+        features = model.forward_features(ref["input"])
+        logits = model.forward_head(features)
+    torch.testing.assert_close(features, ref["features"], atol=ATOL, rtol=0)
+    torch.testing.assert_close(logits, ref["logits"], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_released_model_in_both_layouts(reference, channels_last):
+    ref = reference["coc_tiny"]
+    model = timm.create_model("coc_tiny", channels_last=channels_last).eval()
+    model.load_state_dict(ref["state_dict"], strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ref["input"]), ref["logits"], atol=ATOL, rtol=0)
+
+
+def test_cluster_layer_forward_and_backward(reference):
+    ref = reference["cluster_layer"]
+    cfg = ref["config"]
+    layer = Cluster(
+        dim=cfg["dim"], out_dim=cfg["out_dim"], heads=cfg["heads"], head_dim=cfg["head_dim"],
+        proposal_w=cfg["proposal_w"], proposal_h=cfg["proposal_h"],
+        fold_w=cfg["fold_w"], fold_h=cfg["fold_h"],
+    )
+    layer.load_state_dict(ref["state_dict"], strict=True)
+    x = ref["input"].clone().requires_grad_(True)
+    out = layer(x)
+    torch.testing.assert_close(out, ref["output"], atol=ATOL, rtol=0)
+    (out * ref["grad_output"]).sum().backward()
+    torch.testing.assert_close(x.grad, ref["grad_input"], atol=ATOL, rtol=0)
+    grads = dict(layer.named_parameters())
+    assert set(grads) == set(ref["param_grads"])
+    for name, want in ref["param_grads"].items():
+        torch.testing.assert_close(grads[name].grad, want, atol=ATOL, rtol=0, msg=name)
+
+
+def _random_state(layout: dict) -> dict:
+    return {k: torch.randn(shape) for k, shape in layout["state_dict"].items()}
+
+
+def test_every_released_layout_loads_strictly(official_layout, tmp_path):
+    for name, layout in official_layout.items():
+        model = timm.create_model(name)
+        assert sum(p.numel() for p in model.parameters()) == layout["num_params"], name
+        shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+        assert shapes == layout["state_dict"], name
+        state = _random_state(layout)
+        model.load_state_dict(state, strict=True)
+        loaded = load_official_checkpoint(state, name)
+        torch.testing.assert_close(loaded.state_dict()["head.weight"], state["head.weight"])
+
+
+def test_checkpoint_file_with_training_wrapper(official_layout, tmp_path):
+    state = _random_state(official_layout["coc_tiny"])
+    path = tmp_path / "checkpoint.pth.tar"
+    # the release's train script saves {'state_dict': ..., 'epoch': ...}, keys may carry 'module.'
+    torch.save({"epoch": 299, "state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+    model = load_official_checkpoint(path, timm.create_model("coc_tiny"))
+    torch.testing.assert_close(model.patch_embed.proj.weight, state["patch_embed.proj.weight"])
+
+
+def test_checkpoint_of_another_variant_is_named(official_layout):
+    state = _random_state(official_layout["coc_small"])
+    with pytest.raises(ValueError, match=r"does not fit .*coc_tiny.*it fits coc_small"):
+        load_official_checkpoint(state, "coc_tiny")
+
+
+def test_missing_checkpoint_file_says_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at .*nothing\.pth"):
+        load_official_checkpoint(tmp_path / "nothing.pth", "coc_tiny")

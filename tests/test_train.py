@@ -1,0 +1,281 @@
+"""The training engine: config checks, files, reproducibility, resuming and two-process DDP."""
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cocs import data as D
+from cocs import train as T
+
+# The smallest registered model; any timm name without BatchNorm works (the DDP test compares
+# one process with two, and BatchNorm statistics depend on the per-process batch).
+MODEL = "coc_micro"
+MODEL_KWARGS = ""
+
+
+@pytest.fixture
+def tree(tmp_path_factory):
+    return D.write_synthetic_folder(
+        tmp_path_factory.mktemp("data") / "tree", per_class={"train": 8, "val": 4}
+    )
+
+
+@pytest.fixture(autouse=True)
+def isolated_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("COCS_DATA", str(tmp_path / "cache-root"))
+    monkeypatch.setenv("COCS_ARCHIVES", "")
+
+
+def config(tree, out, **overrides) -> dict:
+    """A run of 2 epochs x 3 steps on 24 images of 16x16 px that exercises every random part."""
+    base = dict(
+        model=MODEL,
+        model_kwargs=MODEL_KWARGS,
+        dataset="folder",
+        data_path=str(tree),
+        download=False,
+        img_size=16,
+        epochs=2,
+        batch_size=8,
+        warmup_epochs=1,
+        lr=2e-3,
+        drop_path=0.1,
+        mixup=0.4,
+        cutmix=0.4,
+        randaugment="rand-m9-mstd0.5-inc1",
+        ema=0.9,
+        num_threads=1,
+        progress=False,
+        out_dir=str(out / "results" / "run"),
+        seed=0,
+    )
+    return base | overrides
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+SCORES = (
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "ema_test_loss",
+    "ema_test_acc",
+)
+
+
+def scores(rows):
+    return [{k: float(r[k]) for k in SCORES} for r in rows]
+
+
+# ---- configuration --------------------------------------------------------------------------
+
+
+def test_unknown_key_is_rejected_with_a_suggestion():
+    with pytest.raises(
+        T.ConfigError, match=r"unknown config key 'epoch'\. Did you mean 'epochs'\?"
+    ):
+        T.TrainConfig.from_dict({"epoch": 3})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("epochs", "3", r"epochs='3' has type str; expected int"),
+        ("epochs", 2.5, r"epochs=2.5 has type float; expected int"),
+        ("lr", True, r"lr=True has type bool; expected float"),
+        ("resume", 1, r"resume=1 has type int; expected bool"),
+        ("amp", "fp32", r"amp='fp32' is not valid; expected one of auto, bf16, fp16, off"),
+        ("dataset", "mnist", r"dataset='mnist' is not valid"),
+        (
+            "warmup_epochs",
+            -1,
+            r"warmup_epochs=-1 is not valid; expected an int >= 0",
+        ),
+        ("model_kwargs", "fold", r"'fold' is not key=value"),
+    ],
+)
+def test_bad_values_are_rejected_before_training(tmp_path, key, value, message):
+    out = tmp_path / "results" / "run"
+    with pytest.raises(T.ConfigError, match=message):
+        T.train({"out_dir": str(out), key: value})
+    assert not out.exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_ints_are_accepted_for_floats_and_model_kwargs_parse():
+    cfg = T.TrainConfig.from_dict({"lr": 1, "model_kwargs": "fold=2,heads=(4, 8),act=gelu"})
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    assert T.parse_model_kwargs(cfg.model_kwargs) == {"fold": 2, "heads": (4, 8), "act": "gelu"}
+    assert T.parse_model_kwargs('{"fold": 2}') == {"fold": 2}
+
+
+def test_a_notebook_namespace_gives_a_config():
+    namespace = {"epochs": 3, "dataset": "cifar100", "plot_style": "dark", "__name__": "__main__"}
+    cfg = T.TrainConfig.from_namespace(namespace, out_dir="results/x")
+    assert (cfg.epochs, cfg.dataset, cfg.out_dir) == (3, "cifar100", "results/x")
+
+
+def test_command_line_uses_the_same_flat_names():
+    args = T.build_parser().parse_args(
+        ["--epochs", "3", "--resume", "false", "--lr", "1e-3", "--model", "coc_micro"]
+    )
+    cfg = T.TrainConfig.from_dict(vars(args))
+    assert (cfg.epochs, cfg.resume, cfg.lr, cfg.model) == (3, False, 1e-3, "coc_micro")
+    with pytest.raises(SystemExit, match="amp='x' is not valid"):
+        T.main(["--amp", "x"])
+
+
+def test_checkpoint_folder_mirrors_the_results_folder():
+    assert (
+        str(T.resolve_ckpt_dir(T.TrainConfig(out_dir="results/03_cifar/run1")))
+        == "checkpoints/03_cifar/run1"
+    )
+    assert str(T.resolve_ckpt_dir(T.TrainConfig(out_dir="out", ckpt_dir="ck"))) == "ck"
+
+
+def test_unknown_model_names_the_registered_variants(tree, tmp_path):
+    with pytest.raises(
+        T.ConfigError, match=r"model: unknown model 'coc_nano'; did you mean .*coc_micro"
+    ):
+        T.train(config(tree, tmp_path, model="coc_nano"))
+
+
+# ---- reproducibility and resuming -----------------------------------------------------------
+
+
+def test_same_seed_same_metrics_and_interrupted_run_resumes_identically(tree, tmp_path):
+    full = T.train(config(tree, tmp_path / "a"))
+    rows = read_csv(tmp_path / "a" / "results" / "run" / "metrics.csv")
+    assert len(rows) == 2 and full["complete"] and full["final"]["epoch"] == 2
+    assert {"train_seconds", "epoch_seconds", "images_per_s"} <= set(rows[0])
+
+    again = T.train(config(tree, tmp_path / "b"))  # same seed, fresh folders
+    assert scores(read_csv(tmp_path / "b" / "results" / "run" / "metrics.csv")) == scores(rows)
+    assert all(
+        torch.equal(p, q)
+        for p, q in zip(full["model"].parameters(), again["model"].parameters(), strict=True)
+    )
+
+    class Crash(Exception):
+        pass
+
+    def crash(row):
+        if row["epoch"] == 1:
+            raise Crash
+
+    with pytest.raises(Crash):
+        T.train(config(tree, tmp_path / "c"), on_epoch_end=crash)
+    assert len(read_csv(tmp_path / "c" / "results" / "run" / "metrics.csv")) == 1
+    resumed = T.train(config(tree, tmp_path / "c"))
+    assert scores(read_csv(tmp_path / "c" / "results" / "run" / "metrics.csv")) == scores(rows)
+    assert resumed["final"]["test_loss"] == full["final"]["test_loss"]
+
+    # A finished run is reloaded, not retrained.
+    reloaded = T.train(config(tree, tmp_path / "c"), on_epoch_end=crash)
+    assert reloaded["epochs_done"] == 2 and reloaded["complete"]
+
+    with pytest.raises(T.ConfigError, match=r"lr: 0.002 -> 0.001.*resume=False"):
+        T.train(config(tree, tmp_path / "c", lr=1e-3))
+
+
+def test_stop_after_epochs_files_and_reloading_a_checkpoint(tree, tmp_path):
+    cfg = config(
+        tree,
+        tmp_path,
+        mixup=0.0,
+        cutmix=0.0,
+        randaugment="",
+        keep_epoch_ckpts=True,
+        stop_after_epochs=1,
+    )
+    part = T.train(cfg)
+    assert part["epochs_done"] == 1 and not part["complete"]
+    meta = json.loads((tmp_path / "results" / "run" / "metrics.json").read_text())
+    assert meta["complete"] is False and meta["config"]["stop_after_epochs"] == 1
+    assert (
+        "git_commit" in meta["environment"]
+        and meta["environment"]["versions"]["torch"] == torch.__version__
+    )
+    assert {"cpu", "cpu_count", "torch_threads", "gpus"} <= set(meta["environment"]["hardware"])
+
+    done = T.train(cfg | {"stop_after_epochs": 0})
+    ckpt_dir = tmp_path / "checkpoints" / "run"
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["epoch_001.pt", "epoch_002.pt", "last.pt"]
+    assert (
+        json.loads((tmp_path / "results" / "run" / "metrics.json").read_text())["complete"] is True
+    )
+    ckpt = torch.load(ckpt_dir / "last.pt", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "ema", "rng", "epoch", "config", "env"} <= set(ckpt)
+
+    model, saved = T.load_trained(ckpt_dir)
+    assert saved.model == MODEL and not model.training
+    test = D.AugmentedImages(
+        D.load_split("folder", "test", img_size=16, data_path=tree, progress=False),
+        D.CenterCrop(16),
+    )
+    spec = D.get_spec("folder")
+    loader = D.make_loader(test, D.EpochBatchSampler(len(test), 12, shuffle=False, drop_last=False))
+    loss, acc, n = T.evaluate(
+        model, loader, device=torch.device("cpu"), mean=spec.mean, std=spec.std
+    )
+    assert n == 12 and loss == pytest.approx(done["final"]["test_loss"], abs=1e-6)
+    T.load_trained(ckpt_dir / "epoch_001.pt", ema=True)
+
+
+# ---- two processes --------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_matches_one_process(tree, tmp_path):
+    # drop_path draws per process and mixup mixes within a process's batch: both off here.
+    # Crops and flips are seeded per image, so they are the same in one process and in two.
+    cfg = config(
+        tree, tmp_path / "single", epochs=1, warmup_epochs=0, drop_path=0.0, mixup=0.0, cutmix=0.0
+    )
+    single = T.train(cfg)
+
+    out = tmp_path / "ddp" / "results" / "run"
+    args = [f"--{k}={v}" for k, v in (cfg | {"out_dir": str(out)}).items()]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--nnodes=1",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "cocs.train",
+        *args,
+    ]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=240, cwd=D.REPO_ROOT
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    meta = json.loads((out / "metrics.json").read_text())
+    assert meta["world_size"] == 2 and meta["rank_weight_max_diff"] == 0.0
+    weights = torch.load(tmp_path / "ddp" / "checkpoints" / "run" / "last.pt", weights_only=True)[
+        "model"
+    ]
+    for name, value in single["model"].state_dict().items():
+        torch.testing.assert_close(weights[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    assert meta["final"]["train_loss"] == pytest.approx(single["final"]["train_loss"], abs=1e-5)
+    assert meta["final"]["test_loss"] == pytest.approx(single["final"]["test_loss"], abs=1e-5)
