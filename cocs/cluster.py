@@ -93,6 +93,36 @@ def _sum_into(src: Tensor, flat: Tensor, M: int) -> Tensor:
     return out.index_add_(0, flat, src.reshape(-1, C)).view(G, M, C)
 
 
+def _propose(t: Tensor, pw: int, ph: int) -> Tensor:
+    """Average-pool (G, h, w, C) points over a pw x ph grid of cells: (G, pw * ph, C).
+
+    Equal cells (the usual case) are a reshape and a mean; otherwise adaptive pooling, whose
+    cells overlap as in ``nn.AdaptiveAvgPool2d``.
+    """
+    G, h, w, C = t.shape
+    if h % pw == 0 and w % ph == 0:
+        return t.reshape(G, pw, h // pw, ph, w // ph, C).mean((2, 4)).reshape(G, pw * ph, C)
+    pooled = F.adaptive_avg_pool2d(t.permute(0, 3, 1, 2), (pw, ph))  # (G, C, pw, ph)
+    return pooled.flatten(2).transpose(1, 2)
+
+
+def _unpool_add_(grad: Tensor, d_centres: Tensor, pw: int, ph: int) -> Tensor:
+    """Add the gradient of :func:`_propose` to ``grad`` (G, h, w, C) in place.
+
+    d_centres (G, pw * ph, C): each centre's gradient spreads evenly over its cell.
+    """
+    G, h, w, C = grad.shape
+    if h % pw == 0 and w % ph == 0:
+        a, b = h // pw, w // ph
+        cells = grad.view(G, pw, a, ph, b, C)
+        cells.add_(d_centres.view(G, pw, 1, ph, 1, C), alpha=1.0 / (a * b))
+        return grad
+    grid = d_centres.transpose(1, 2).reshape(G, C, pw, ph)
+    like = torch.empty(G, C, h, w, dtype=grad.dtype, device=grad.device)
+    spread = torch.ops.aten._adaptive_avg_pool2d_backward(grid, like)  # (G, C, h, w)
+    return grad.add_(spread.permute(0, 2, 3, 1))
+
+
 class _FixedCentreCluster(torch.autograd.Function):
     """Propose, assign, aggregate and dispatch, with fixed centres and a hand-derived backward.
 
@@ -110,9 +140,8 @@ class _FixedCentreCluster(torch.autograd.Function):
         Dv = values.shape[-1]
         N, M = h * w, proposal_w * proposal_h
         pool = (proposal_w, proposal_h)
-        centres = F.adaptive_avg_pool2d(x.permute(0, 3, 1, 2), pool).flatten(2).transpose(1, 2)
-        value_centres = F.adaptive_avg_pool2d(values.permute(0, 3, 1, 2), pool)
-        value_centres = value_centres.flatten(2).transpose(1, 2)  # (G, M, Dv)
+        centres = _propose(x, *pool)  # (G, M, D)
+        value_centres = _propose(values, *pool)  # (G, M, Dv)
         x = x.reshape(G, N, D)
         v = values.reshape(G, N, Dv)
         x_norm = x.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # (G, N, 1)
@@ -127,7 +156,7 @@ class _FixedCentreCluster(torch.autograd.Function):
         num = value_centres + _sum_into(v * s.unsqueeze(-1), flat, M)  # (G, M, Dv)
         den = 1 + _sum_into(s.unsqueeze(-1), flat, M).squeeze(-1)  # (G, M)
         clusters = num / den.unsqueeze(-1)  # (G, M, Dv)
-        out = _take(clusters, flat) * s.unsqueeze(-1)  # (G, N, Dv): dispatch
+        out = _take(clusters, flat).mul_(s.unsqueeze(-1))  # (G, N, Dv): dispatch
         ctx.save_for_backward(xn, x_norm, cn, c_norm, v, clusters, den, s, idx, flat, cos_sel, alpha)
         ctx.shape, ctx.pool, ctx.use_sigmoid = (G, h, w, D, Dv), pool, use_sigmoid
         ctx.mark_non_differentiable(idx)
@@ -145,8 +174,8 @@ class _FixedCentreCluster(torch.autograd.Function):
         d_num = d_g / den.unsqueeze(-1)  # (G, M, Dv), also the gradient of the value centres
         d_den = -(d_num * clusters).sum(-1)  # (G, M)
         d_num_i = _take(d_num, flat)  # (G, N, Dv)
-        d_v = d_num_i * s.unsqueeze(-1)
         d_s = d_s + (v * d_num_i).sum(-1) + d_den.gather(1, idx)
+        d_v = d_num_i.mul_(s.unsqueeze(-1))
         # similarity: s_i = sigmoid(beta + alpha * cos_i), or s_i = cos_i
         d_alpha = d_beta = None
         if ctx.use_sigmoid:
@@ -156,20 +185,14 @@ class _FixedCentreCluster(torch.autograd.Function):
         else:
             d_cos = d_s
         # cos_i = cn_{m(i)} . xn_i, then the normalisations
-        d_xn = d_cos.unsqueeze(-1) * _take(cn, flat)  # (G, N, D)
+        # d/dx (x / |x|) applied to d_cos * cn: (cn - xn cos) d_cos / |x|, as cn . xn = cos
         d_cn = _sum_into(d_cos.unsqueeze(-1) * xn, flat, M)  # (G, M, D)
-        d_x = (d_xn - xn * (d_xn * xn).sum(-1, keepdim=True)) / x_norm
+        d_x = _take(cn, flat).addcmul_(xn, cos_sel.unsqueeze(-1), value=-1)  # (G, N, D)
+        d_x.mul_(d_cos.unsqueeze(-1) / x_norm)
         d_c = (d_cn - cn * (d_cn * cn).sum(-1, keepdim=True)) / c_norm
         # centre proposal: the pooling's gradient spreads back over each pooling cell
-        pw, ph = ctx.pool
-
-        def unpool(d_centres: Tensor, like: Tensor) -> Tensor:  # (G, M, C) -> (G, h, w, C)
-            grid = d_centres.transpose(1, 2).reshape(G, -1, pw, ph)
-            like = like.reshape(G, h, w, -1).permute(0, 3, 1, 2)
-            return torch.ops.aten._adaptive_avg_pool2d_backward(grid, like).permute(0, 2, 3, 1)
-
-        d_x = d_x.reshape(G, h, w, D) + unpool(d_c, xn)
-        d_values = d_v.reshape(G, h, w, Dv) + unpool(d_num, v)
+        d_x = _unpool_add_(d_x.reshape(G, h, w, D), d_c, *ctx.pool)
+        d_values = _unpool_add_(d_v.reshape(G, h, w, Dv), d_num, *ctx.pool)
         return d_x, d_values, d_alpha, d_beta, None, None, None
 
 
@@ -224,11 +247,6 @@ def context_cluster(
     x = rearrange(points, regions, e=heads, f1=fold_w, f2=fold_h)
     v = rearrange(values, regions, e=heads, f1=fold_w, f2=fold_h)
 
-    # centre proposal: average pooling over a proposal_w x proposal_h grid in each region
-    def propose(t: Tensor) -> Tensor:  # (G, h, w, D) -> (G, M, D)
-        pooled = F.adaptive_avg_pool2d(t.permute(0, 3, 1, 2), (proposal_w, proposal_h))
-        return rearrange(pooled, "g d pw ph -> g (pw ph) d")
-
     if center_iters == 0 and not _autograd:
         alpha, beta = (torch.as_tensor(t, dtype=v.dtype, device=v.device).reshape(1)
                        for t in (sim_alpha, sim_beta))
@@ -236,7 +254,9 @@ def context_cluster(
             x, v.to(x.dtype), alpha, beta, proposal_w, proposal_h, similarity == "sigmoid"
         )
     else:
-        centres, value_centres = propose(x), propose(v)
+        # centre proposal: average pooling over a proposal_w x proposal_h grid in each region
+        centres = _propose(x, proposal_w, proposal_h)  # (G, M, D)
+        value_centres = _propose(v, proposal_w, proposal_h)  # (G, M, Dv)
         x = rearrange(x, "g h w d -> g (h w) d")  # (G, N, D)
         v = rearrange(v, "g h w d -> g (h w) d")  # (G, N, Dv)
         for _ in range(center_iters):
