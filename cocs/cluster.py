@@ -96,12 +96,9 @@ def _sum_into(src: Tensor, flat: Tensor, M: int) -> Tensor:
 def _propose(t: Tensor, pw: int, ph: int) -> Tensor:
     """Average-pool (G, h, w, C) points over a pw x ph grid of cells: (G, pw * ph, C).
 
-    Equal cells (the usual case) are a reshape and a mean; otherwise adaptive pooling, whose
-    cells overlap as in ``nn.AdaptiveAvgPool2d``.
+    Cells follow ``nn.AdaptiveAvgPool2d``: equal when pw, ph divide h, w, else overlapping.
+    The channels-last view keeps this one pass of the pooling kernel.
     """
-    G, h, w, C = t.shape
-    if h % pw == 0 and w % ph == 0:
-        return t.reshape(G, pw, h // pw, ph, w // ph, C).mean((2, 4)).reshape(G, pw * ph, C)
     pooled = F.adaptive_avg_pool2d(t.permute(0, 3, 1, 2), (pw, ph))  # (G, C, pw, ph)
     return pooled.flatten(2).transpose(1, 2)
 
@@ -117,10 +114,9 @@ def _unpool_add_(grad: Tensor, d_centres: Tensor, pw: int, ph: int) -> Tensor:
         cells = grad.view(G, pw, a, ph, b, C)
         cells.add_(d_centres.view(G, pw, 1, ph, 1, C), alpha=1.0 / (a * b))
         return grad
-    grid = d_centres.transpose(1, 2).reshape(G, C, pw, ph)
-    like = torch.empty(G, C, h, w, dtype=grad.dtype, device=grad.device)
-    spread = torch.ops.aten._adaptive_avg_pool2d_backward(grid, like)  # (G, C, h, w)
-    return grad.add_(spread.permute(0, 2, 3, 1))
+    grid = d_centres.view(G, pw, ph, C).permute(0, 3, 1, 2)  # (G, C, pw, ph), channels last
+    spread = torch.ops.aten._adaptive_avg_pool2d_backward(grid, grad.permute(0, 3, 1, 2))
+    return grad.add_(spread.permute(0, 2, 3, 1))  # (G, C, h, w) -> (G, h, w, C)
 
 
 class _FixedCentreCluster(torch.autograd.Function):

@@ -119,7 +119,32 @@ def _(out: Path):
         png_image(out / f"{figure}.png")
 
 
-# check: 03_model_family
+@checks("03_model_family")
+def _(out: Path):
+    family = csv_table(
+        out / "model_family.csv",
+        ["variant", "params", "params_m", "params_2p20", "gmacs", "img_size", "img_s", "threads",
+         "hardware", "paper_params_m", "paper_gflops", "paper_top1"],
+    ).set_index("variant")
+    assert {"coc_tiny", "coc_small", "coc_medium", "coc_base_dim64"} <= set(family.index)
+    assert family.index.is_unique and (family["gmacs"] > 0).all()
+    assert (family["params_2p20"] * 2**20 - family["params"]).abs().max() < 1
+    reported = family.dropna(subset=["paper_params_m"])
+    assert len(reported) >= 3, "the paper's Table 1 rows did not join"
+    # the paper's units: parameters in 2^20, GFLOPs as multiply-accumulates in 2^30
+    assert (reported["params_2p20"].round(1) == reported["paper_params_m"]).all()
+    assert ((reported["gmacs"] * 1e9 / 2**30).round(1) == reported["paper_gflops"]).all()
+    assert family.loc["coc_tiny", "img_s"] > 0, "coc_tiny was not timed"
+    stages = csv_table(
+        out / "stages.csv",
+        ["variant", "stage", "N", "D", "heads", "centres_per_region", "regions"],
+    )
+    assert len(stages) == 4 * len(family)
+    assert (stages["N"] % stages["regions"] == 0).all()
+    tiny = stages[stages["variant"] == "coc_tiny"].sort_values("stage")
+    assert tiny["N"].tolist() == [3136, 784, 196, 49] and tiny["regions"].iloc[-1] == 1
+    assert (out / "model_family.md").read_text().count("| coc_") == len(family)
+    png_image(out / "model_family.png")
 
 
 # --- conventions of the sources ----------------------------------------------------------------
