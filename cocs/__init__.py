@@ -1,9 +1,11 @@
 """cocs: Context Clusters ("Image as Set of Points", ICLR 2023) as a small, tested library.
 
-Importing the package registers every variant with timm: ``timm.create_model("coc_tiny")``.
+Importing the package registers every variant with timm: ``timm.create_model("coc_tiny")``, and
+the two CIFAR peers of ``coc_cifar`` (``resnet_cifar``, ``vit_cifar``, in ``cocs.peers``).
 """
 
 from . import model as _model  # noqa: F401  (registers the timm variants)
+from . import peers as _peers  # noqa: F401  (registers resnet_cifar and vit_cifar)
 from .cluster import Cluster, ClusterOutput, context_cluster
 from .model import ContextCluster, capture_assignments, create_model
 from .official import OFFICIAL_VARIANTS, load_official_checkpoint

@@ -147,6 +147,50 @@ def _(out: Path):
     png_image(out / "model_family.png")
 
 
+@checks("04_cifar10")
+def _(out: Path):
+    comparison = csv_table(
+        out / "comparison.csv",
+        ["model", "test_acc_final", "test_acc_best", "params", "macs_m", "train_img_s",
+         "infer_img_s", "wall_minutes", "epochs", "threads", "hardware"],
+    ).set_index("model")
+    assert {"coc_cifar", "resnet_cifar", "vit_cifar"} <= set(comparison.index)
+    assert comparison["params"].between(1.5e6, 4e6).all(), "the peers should match coc_cifar's size"
+    assert comparison["test_acc_final"].between(0, 100).all()
+    assert (comparison["test_acc_best"] >= comparison["test_acc_final"]).all()
+    assert (comparison[["macs_m", "train_img_s", "infer_img_s", "wall_minutes"]] > 0).all().all()
+    assert comparison.loc["coc_cifar", "macs_m"] < comparison.loc["resnet_cifar", "macs_m"]
+    assert comparison["epochs"].nunique() == 1, "every model gets the same budget"
+    for name, row in comparison.iterrows():
+        metrics = csv_table(out / name / "metrics.csv", ["epoch", "train_loss", "test_acc"])
+        assert len(metrics) == row["epochs"] and metrics["test_acc"].iloc[-1] == row["test_acc_final"]
+    text = (out / "comparison.md").read_text()
+    assert "target was MET" in text or "target was NOT met" in text
+    assert "Reported elsewhere" in text and "lightweight-coc" in text
+    png_image(out / "curves.png")
+
+
+@checks("05_imagenette")
+def _(out: Path):
+    summary = csv_table(
+        out / "summary.csv",
+        ["model", "val_top1_final", "val_top1_best", "params", "macs_m", "epochs",
+         "wall_minutes", "train_img_s", "infer_img_s"],
+    )
+    assert len(summary) == 1
+    s = summary.iloc[0]
+    assert 0 <= s["val_top1_final"] <= s["val_top1_best"] <= 100
+    assert s["params"] > 0 and s["macs_m"] > 0 and s["train_img_s"] > 0 and s["infer_img_s"] > 0
+    metrics = csv_table(out / "metrics.csv", ["epoch", "train_loss", "test_acc", "images_per_s"])
+    assert len(metrics) == s["epochs"] and metrics["epoch"].tolist() == list(range(1, len(metrics) + 1))
+    checkpoints = csv_table(out / "checkpoints.csv", ["epoch", "path", "test_acc"])
+    assert checkpoints["epoch"].tolist() == metrics["epoch"].tolist()
+    root = Path(__file__).resolve().parent.parent
+    for path in checkpoints["path"]:
+        assert (root / path).is_file(), f"{path} is listed but missing"  # absolute paths too
+    png_image(out / "curves.png")
+
+
 # --- conventions of the sources ----------------------------------------------------------------
 
 
