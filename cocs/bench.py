@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--steps", type=int, default=5, help="timed steps per implementation")
+    p.add_argument("--steps", type=int, default=9, help="timed steps per implementation (median)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out_dir", default="results/bench")
