@@ -243,8 +243,12 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out_dir", default="results/bench")
-    p.add_argument("--cases", nargs="+", default=[f"{m}:{s}:{b}" for m, s, b in CASES],
-                   help="model:image_size:batch, one or more")
+    p.add_argument(
+        "--cases",
+        nargs="+",
+        default=[f"{m}:{s}:{b}" for m, s, b in CASES],
+        help="model:image_size:batch, one or more",
+    )
     args = p.parse_args(argv)
     rows = []
     for case in args.cases:

@@ -68,16 +68,19 @@ def _similarity(centres: Tensor, x: Tensor, alpha, beta, similarity: str) -> Ten
     return sim
 
 
-def _aggregate(values: Tensor, centres: Tensor, weight: Tensor, index: Tensor) -> Tensor:
-    """Similarity-weighted mean of each cluster's points plus its centre.
+def _aggregate(
+    values: Tensor, centres: Tensor, weight: Tensor, index: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Similarity-weighted mean of each cluster's points plus its centre, and its denominator.
 
-    values (G, N, D), centres (G, M, D), weight (G, N), index (G, N) -> (G, M, D).
+    values (G, N, D), centres (G, M, D), weight (G, N), index (G, N) -> (G, M, D), (G, M).
+    Scatter-adds, so that a FLOP counter sees only the real multiply-adds.
     """
     G, N, D = values.shape
     values, weight = values.to(centres.dtype), weight.to(centres.dtype)  # under autocast
     num = centres.scatter_add(1, index.unsqueeze(-1).expand(G, N, D), values * weight.unsqueeze(-1))
     den = torch.ones_like(centres[..., 0]).scatter_add(1, index, weight)  # (G, M)
-    return num / den.unsqueeze(-1)
+    return num / den.unsqueeze(-1), den
 
 
 def _take(t: Tensor, flat: Tensor) -> Tensor:
@@ -159,14 +162,12 @@ class _FixedCentreCluster(torch.autograd.Function):
         cos_sel = cos.gather(1, idx.unsqueeze(1)).squeeze(1) if use_sigmoid else s
         # row index of each point's centre among all G * M centres
         flat = (idx + torch.arange(G, device=idx.device).unsqueeze(1) * M).flatten()
-        # sums over each cluster: a scatter-add, so that a FLOP counter sees only the real
-        # multiply-adds (the backward pass uses the faster one-hot products of _sum_into)
-        idx_v = idx.unsqueeze(-1).expand(G, N, Dv)
-        num = value_centres.scatter_add(1, idx_v, v * s.unsqueeze(-1))  # (G, M, Dv)
-        den = torch.ones(G, M, dtype=s.dtype, device=s.device).scatter_add_(1, idx, s)
-        clusters = num / den.unsqueeze(-1)  # (G, M, Dv)
+        # the backward pass sums with the faster one-hot products of _sum_into
+        clusters, den = _aggregate(v, value_centres, s, idx)  # (G, M, Dv), (G, M)
         out = _take(clusters, flat).mul_(s.unsqueeze(-1))  # (G, N, Dv): dispatch
-        ctx.save_for_backward(xn, x_norm, cn, c_norm, v, clusters, den, s, idx, flat, cos_sel, alpha)
+        ctx.save_for_backward(
+            xn, x_norm, cn, c_norm, v, clusters, den, s, idx, flat, cos_sel, alpha
+        )
         ctx.shape, ctx.pool, ctx.use_sigmoid = (G, h, w, D, Dv), pool, use_sigmoid
         ctx.mark_non_differentiable(idx)
         return out, idx
@@ -257,8 +258,10 @@ def context_cluster(
     v = rearrange(values, regions, e=heads, f1=fold_w, f2=fold_h)
 
     if center_iters == 0 and not _autograd:
-        alpha, beta = (torch.as_tensor(t, dtype=v.dtype, device=v.device).reshape(1)
-                       for t in (sim_alpha, sim_beta))
+        alpha, beta = (
+            torch.as_tensor(t, dtype=v.dtype, device=v.device).reshape(1)
+            for t in (sim_alpha, sim_beta)
+        )
         out, idx = _FixedCentreCluster.apply(
             x, v.to(x.dtype), alpha, beta, proposal_w, proposal_h, similarity == "sigmoid"
         )
@@ -270,10 +273,10 @@ def context_cluster(
         v = rearrange(v, "g h w d -> g (h w) d")  # (G, N, Dv)
         for _ in range(center_iters):
             s, idx = _similarity(centres, x, sim_alpha, sim_beta, similarity).max(dim=1)
-            centres = _aggregate(x, centres, s, idx)
+            centres, _ = _aggregate(x, centres, s, idx)
         # hard assignment: each point keeps only its similarity to the centre it joins
         s, idx = _similarity(centres, x, sim_alpha, sim_beta, similarity).max(dim=1)  # (G, N)
-        clusters = _aggregate(v, value_centres, s, idx)  # (G, M, Dv)
+        clusters, _ = _aggregate(v, value_centres, s, idx)  # (G, M, Dv)
         Dv = v.shape[-1]
         out = clusters.gather(1, idx.unsqueeze(-1).expand(-1, -1, Dv)) * s.unsqueeze(-1)
 
