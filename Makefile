@@ -13,7 +13,7 @@ export COCS_ARCHIVES ?= $(abspath ../shared/data)
 endif
 
 NOTEBOOKS := $(sort $(basename $(notdir $(wildcard notebooks/[0-9][0-9]_*.py))))
-LIBRARY := $(wildcard cocs/*.py)
+LIBRARY := $(wildcard cocs/*.py cocs/*.yaml)
 BUILD := build/notebooks
 SMOKE_RESULTS := build/smoke-results
 
