@@ -91,7 +91,12 @@ class Mlp(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.permute(0, 2, 3, 1)  # (B, H, W, C)
-        if self.lean and self.drop.p == 0 and torch.is_grad_enabled():
+        if (
+            self.lean
+            and self.drop.p == 0
+            and torch.is_grad_enabled()
+            and not torch.is_autocast_enabled(x.device.type)  # autocast: plain layers
+        ):
             x = _LeanMlp.apply(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
         else:
             x = self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))

@@ -26,9 +26,12 @@
 #
 # This chapter trains `coc_cifar` and two peers of about the same parameter count,
 # `resnet_cifar` (BasicBlocks, a 3x3 stride-1 stem) and `vit_cifar` (4x4 patches), one after
-# the other with one training engine, `cocs.train.train`, and the same settings. The default
-# run was sized, from measured step times, to fit about two hours for the three models on a
-# two-core CPU; the `full` profile of `notebooks/profiles.yaml` is the long GPU recipe. A finished run is reloaded, not redone.
+# the other with one training engine, `cocs.train.train`, and the same settings. On a CPU the
+# budget is wall-clock time: each model gets `budget_minutes` of training and evaluation, and
+# as many epochs as its measured step time fits into them, so the chapter takes about two
+# hours on a two-core CPU whatever the models' speeds. The `full` profile of
+# `notebooks/profiles.yaml` fixes the epochs instead (the long GPU recipe). A finished run is
+# reloaded, not redone; an interrupted one resumes with the epochs it started with.
 # It writes, under `results/04_cifar10/`:
 #
 # - `<model>/metrics.csv` and `<model>/metrics.json`: one row per epoch, config, environment
@@ -38,13 +41,14 @@
 # - `curves.png`: training loss and test accuracy against epochs.
 
 # %% tags=["parameters"]
-epochs = 3  # the same for every model
+epochs = 0  # the same for every model; 0: as many as fit in budget_minutes, per model
+budget_minutes = 36.0  # wall-clock minutes of training and evaluation per model (epochs = 0)
 batch_size = 128
 lr = 2.0e-3  # peak AdamW learning rate, cosine to min_lr after a linear warm-up
 weight_decay = 0.05
 warmup_epochs = 1
 label_smoothing = 0.1
-drop_path = 0.05  # stochastic depth
+drop_path = 0.0  # stochastic depth (a short schedule needs no more regularisation)
 randaugment = ""  # a timm RandAugment string such as "rand-m9-mstd0.5-inc1"; empty: off
 mixup = 0.0  # Mixup alpha; 0: off
 cutmix = 0.0  # CutMix alpha; 0: off
@@ -63,14 +67,13 @@ import time
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
-from matplotlib.ticker import MaxNLocator
 from torch.utils.flop_counter import FlopCounterMode
 
 import cocs
 from cocs.bench import hardware_name
 from cocs.handbook import atomic_write_text, results_path, save_figure, write_csv
 from cocs.paper import table
-from cocs.train import TrainConfig, train
+from cocs.train import TrainConfig, resolve_ckpt_dir, train
 
 if num_threads:
     torch.set_num_threads(num_threads)
@@ -127,10 +130,74 @@ sizes[["params_m", "macs_m"]].round(2)
 # ## One recipe, one budget
 #
 # Each model is trained by the same engine with the same flat configuration: AdamW with a
-# cosine schedule and warm-up, pad-and-crop with flips, label smoothing, the same epochs and
-# batch size. Only the model name and the output folder differ. The engine writes a metrics
-# row per epoch and a checkpoint, so an interrupted run resumes, and a finished one is
-# reloaded without training.
+# cosine schedule and warm-up, pad-and-crop with flips, label smoothing, the same batch size.
+# Only the model name, the output folder and, under a time budget, the number of epochs
+# differ. The engine writes a metrics row per epoch and a checkpoint, so an interrupted run
+# resumes, and a finished one is reloaded without training.
+#
+# **The budget.** With `epochs = 0` every model gets the same wall-clock time. Before training,
+# each model's training step (forward, backward, AdamW) and evaluation pass are timed on
+# random batches of the real shape; an epoch's cost is estimated from them, and the model gets
+# as many whole epochs as fit into `budget_minutes` (at least one). The schedule (warm-up,
+# then cosine to the end) is laid out over those epochs, so every model finishes its schedule.
+# This compares what each architecture learns for the same cost on this machine; with equal
+# epochs instead, the slower peers would need two to three times the Context Cluster's time.
+
+
+# %%
+def timed(fn, repeats: int) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` calls, after one untimed call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def epoch_seconds(name: str) -> float:
+    """Estimated seconds of one epoch of ``name`` (training steps plus the evaluation pass)."""
+    torch.manual_seed(seed)
+    model = cocs.create_model(name, num_classes=10, drop_path_rate=drop_path)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    x = torch.randn(batch_size, 3, img_size, img_size)
+    y = torch.randint(0, 10, (batch_size,))
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(model.train()(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def evaluate():
+        with torch.no_grad():
+            model.eval()(torch.randn(2 * batch_size, 3, img_size, img_size))
+
+    n_train = 10 * (max_per_class or 5000)
+    n_test = 10 * (max_test_per_class or 1000)
+    train_s = timed(step, 5) * n_train / batch_size
+    test_s = timed(evaluate, 3) * n_test / (2 * batch_size)
+    return 1.05 * (train_s + test_s)  # 5%: data loading and augmentation
+
+
+def planned_epochs(name: str) -> tuple[int, float]:
+    """(epochs, estimated seconds per epoch) for ``name``: fixed, resumed or from the budget."""
+    if epochs:
+        return epochs, float("nan")
+    ckpt = resolve_ckpt_dir(TrainConfig(out_dir=str(out / name))) / "last.pt"
+    if ckpt.is_file():  # resume or reload with the epochs the run started with
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+        return int(saved["config"]["epochs"]), float("nan")
+    estimate = epoch_seconds(name)
+    return max(1, int(budget_minutes * 60 // estimate)), estimate
+
+
+plan = {}
+for name in names:
+    plan[name] = planned_epochs(name)
+    n, estimate = plan[name]
+    print(f"{name:<13} {n:3d} epochs (estimated {estimate:.0f} s per epoch)")
 
 # %%
 runs = {}
@@ -139,6 +206,7 @@ for name in names:
         globals(),
         model=name,
         dataset="cifar10",
+        epochs=plan[name][0],
         out_dir=str(out / name),  # checkpoints: see cocs.train.resolve_ckpt_dir
         progress=False,
     )
@@ -156,32 +224,34 @@ metrics = pd.concat(
     [pd.DataFrame(r["metrics"]).assign(model=name) for name, r in runs.items()], ignore_index=True
 )
 for name, r in runs.items():
-    assert r["complete"] and r["epochs_done"] == epochs, f"{name} did not finish"
+    assert r["complete"] and r["epochs_done"] == plan[name][0], f"{name} did not finish"
     assert r["config"]["lr"] == lr and r["config"]["batch_size"] == batch_size
 rows = metrics.groupby("model").size()
-assert (rows == epochs).all(), rows
+assert all(rows[name] == plan[name][0] for name in runs), rows
 assert metrics["train_loss"].notna().all() and metrics["test_acc"].between(0, 100).all()
 
 # %% [markdown]
 # ## Learning curves
 #
 # Training loss (with label smoothing, so it cannot reach zero) and test accuracy after every
-# epoch. The dashed line is the accuracy the CPU run aims at for the Context Cluster.
+# epoch, against the wall-clock minutes spent, so that models given the same time line up at
+# the right end. The dashed line is the accuracy the CPU run aims at for the Context Cluster.
 
 # %%
+budget = f"epochs: {epochs}" if epochs else f"{budget_minutes:g} min each"
 fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
 for name, group in metrics.groupby("model", sort=False):
-    ax_loss.plot(group["epoch"], group["train_loss"], marker="o", label=name)
-    ax_acc.plot(group["epoch"], group["test_acc"], marker="o", label=name)
+    minutes = group["epoch_seconds"].cumsum() / 60
+    ax_loss.plot(minutes, group["train_loss"], marker="o", label=name)
+    ax_acc.plot(minutes, group["test_acc"], marker="o", label=name)
 ax_acc.axhline(TARGET, color="grey", linestyle="--", linewidth=1, label=f"target {TARGET:.0f}%")
-ax_loss.set(xlabel="epoch", ylabel="training loss", title="Training loss")
-ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="CIFAR-10 test accuracy")
+ax_loss.set(xlabel="wall-clock minutes", ylabel="training loss", title="Training loss")
+ax_acc.set(xlabel="wall-clock minutes", ylabel="test accuracy (%)", title="CIFAR-10 test accuracy")
 for ax in (ax_loss, ax_acc):
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()
 fig.suptitle(
-    f"Same recipe for all (epochs: {epochs}, batch {batch_size}); {hardware}, threads: {threads}"
+    f"Same recipe for all ({budget}, batch {batch_size}); {hardware}, threads: {threads}"
 )
 fig.tight_layout()
 save_figure(fig, out / "curves.png")
@@ -238,6 +308,8 @@ comparison = pd.DataFrame(
             "infer_img_s": infer[name],
             "wall_minutes": sum(row["epoch_seconds"] for row in r["metrics"]) / 60,
             "epochs": r["epochs_done"],
+            "budget_minutes": 0.0 if epochs else budget_minutes,
+            "est_epoch_s": plan[name][1],
             "train_images": r["train_images"],
             "test_images": r["test_images"],
             "threads": threads,
@@ -273,7 +345,7 @@ if "coc_cifar" in runs:
     coc_acc = comparison.set_index("model").loc["coc_cifar", "test_acc_final"]
     reached = bool(coc_acc >= TARGET)
     verdict = (
-        f"coc_cifar reached {coc_acc:.2f}% test accuracy (epochs: {epochs}): the "
+        f"coc_cifar reached {coc_acc:.2f}% test accuracy ({plan['coc_cifar'][0]} epochs): the "
         f"{TARGET:.0f}% target was {'MET' if reached else 'NOT met'} "
         f"(training images: {runs['coc_cifar']['train_images']}, threads: {threads})."
     )
@@ -282,7 +354,7 @@ else:
 print(verdict)
 text = (
     f"# CIFAR-10: this run\n\nHardware: {hardware}, {threads} torch threads. "
-    f"Recipe: epochs {epochs}, batch {batch_size}, AdamW lr {lr}, weight decay {weight_decay}, "
+    f"Recipe: {budget}, batch {batch_size}, AdamW lr {lr}, weight decay {weight_decay}, "
     f"warm-up {warmup_epochs}, label smoothing {label_smoothing}, drop path {drop_path}, "
     f"RandAugment {randaugment or 'off'}, mixup {mixup}, cutmix {cutmix}.\n\n"
     f"{verdict}\n\n{shown.to_markdown(index=False)}\n\n"
