@@ -52,13 +52,20 @@ bench: install
 
 # An executed notebook depends on its source and on the library, so only stale ones run again.
 # The environment is an order-only prerequisite: building it does not make notebooks stale.
-# A chapter that reads another chapter's results also depends on that chapter, for example:
-#   $(BUILD)/default/08_results.ipynb: $(BUILD)/default/04_cifar10.ipynb
+# A chapter that reads another chapter's results also depends on that chapter (below).
 $(BUILD)/default/%.ipynb: notebooks/%.py $(LIBRARY) | $(STAMP)
 	$(PY) -m cocs.handbook run $* --profile default --output $@
 
 $(BUILD)/smoke/%.ipynb: notebooks/%.py notebooks/profiles.yaml $(LIBRARY) | $(STAMP)
 	$(PY) -m cocs.handbook run $* --profile smoke --results-dir $(SMOKE_RESULTS) --output $@
+
+# Chapter 7 draws the models that chapters 4 and 5 trained; chapter 8 tabulates every chapter.
+DRAWN := 04_cifar10 05_imagenette
+TABULATED := $(filter-out 08_results,$(NOTEBOOKS))
+$(BUILD)/default/07_cluster_maps.ipynb: $(foreach n,$(DRAWN),$(BUILD)/default/$(n).ipynb)
+$(BUILD)/smoke/07_cluster_maps.ipynb: $(foreach n,$(DRAWN),$(BUILD)/smoke/$(n).ipynb)
+$(BUILD)/default/08_results.ipynb: $(foreach n,$(TABULATED),$(BUILD)/default/$(n).ipynb)
+$(BUILD)/smoke/08_results.ipynb: $(foreach n,$(TABULATED),$(BUILD)/smoke/$(n).ipynb)
 
 reproduce: $(foreach n,$(NOTEBOOKS),$(BUILD)/default/$(n).ipynb)
 

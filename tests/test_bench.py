@@ -44,7 +44,9 @@ def test_cpu_peak_counts_what_is_alive_at_once():
 def test_compare_and_main_write_a_csv(tmp_path):
     row = compare("coc_micro", img_size=32, batch=4, steps=1, warmup=0)
     assert row["speedup"] > 0 and row["cocs_peak_mib"] > 0 and row["paper_peak_mib"] > 0
-    path = main(["--steps", "1", "--warmup", "0", "--out_dir", str(tmp_path), "--cases", "coc_micro:32:4"])
+    path = main(
+        ["--steps", "1", "--warmup", "0", "--out_dir", str(tmp_path), "--cases", "coc_micro:32:4"]
+    )
     table = pd.read_csv(path)
     assert path.name == f"{hardware_name()}.csv" and list(table["model"]) == ["coc_micro"]
     assert {"speedup", "memory_ratio", "paper_step_s", "cocs_step_s"} <= set(table.columns)

@@ -13,8 +13,20 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from cocs.cluster import Cluster, context_cluster
 
 
-def loop_cluster(points, values, *, heads, proposal_w, proposal_h, fold_w, fold_h, alpha, beta,
-                 similarity="sigmoid", center_iters=0):
+def loop_cluster(
+    points,
+    values,
+    *,
+    heads,
+    proposal_w,
+    proposal_h,
+    fold_w,
+    fold_h,
+    alpha,
+    beta,
+    similarity="sigmoid",
+    center_iters=0,
+):
     """The paper's equations, one point and one centre at a time."""
     B, H, W, C = points.shape
     D, Dv = C // heads, values.shape[-1] // heads
@@ -30,8 +42,8 @@ def loop_cluster(points, values, *, heads, proposal_w, proposal_h, fold_w, fold_
     for b, e, r1, r2 in itertools.product(range(B), range(heads), range(fold_w), range(fold_h)):
         rows = range(r1 * h, (r1 + 1) * h)
         cols = range(r2 * w, (r2 + 1) * w)
-        x = points[b, r1 * h:(r1 + 1) * h, r2 * w:(r2 + 1) * w, e * D:(e + 1) * D].double()
-        v = values[b, r1 * h:(r1 + 1) * h, r2 * w:(r2 + 1) * w, e * Dv:(e + 1) * Dv].double()
+        x = points[b, r1 * h : (r1 + 1) * h, r2 * w : (r2 + 1) * w, e * D : (e + 1) * D].double()
+        v = values[b, r1 * h : (r1 + 1) * h, r2 * w : (r2 + 1) * w, e * Dv : (e + 1) * Dv].double()
         # adaptive average pooling: bin i covers [floor(i*n/k), ceil((i+1)*n/k))
         centres, vcentres = [], []
         for i, j in itertools.product(range(proposal_w), range(proposal_h)):
@@ -68,7 +80,7 @@ def loop_cluster(points, values, *, heads, proposal_w, proposal_h, fold_w, fold_
             g = num / den
             for (i, j), (k, s) in zip(pts, best, strict=True):
                 if k == m:
-                    out[b, rows[i], cols[j], e * Dv:(e + 1) * Dv] = s * g
+                    out[b, rows[i], cols[j], e * Dv : (e + 1) * Dv] = s * g
                     assign[b, e, rows[i], cols[j]] = (r1 * fold_h + r2) * M + m
     return out, assign
 
@@ -89,18 +101,33 @@ def test_matches_loop(case, similarity, center_iters):
     points = torch.randn(2, H, W, heads * 3)
     values = torch.randn(2, H, W, heads * 5)
     kw = dict(heads=heads, proposal_w=pw, proposal_h=ph, fold_w=fw, fold_h=fh)
-    res = context_cluster(points, values, sim_alpha=1.7, sim_beta=-0.3, similarity=similarity,
-                          center_iters=center_iters, **kw)
-    want, want_assign = loop_cluster(points, values, alpha=1.7, beta=-0.3, similarity=similarity,
-                                     center_iters=center_iters, **kw)
+    res = context_cluster(
+        points,
+        values,
+        sim_alpha=1.7,
+        sim_beta=-0.3,
+        similarity=similarity,
+        center_iters=center_iters,
+        **kw,
+    )
+    want, want_assign = loop_cluster(
+        points, values, alpha=1.7, beta=-0.3, similarity=similarity, center_iters=center_iters, **kw
+    )
     torch.testing.assert_close(res.out.double(), want, atol=1e-5, rtol=1e-5)
     assert torch.equal(res.assignment, want_assign)
 
 
 def test_assignment_is_one_hot_within_its_region():
     B, H, W, heads, fw, fh, M = 2, 8, 6, 3, 2, 3, 4
-    res = context_cluster(torch.randn(B, H, W, heads * 4), torch.randn(B, H, W, heads * 4),
-                          heads=heads, proposal_w=2, proposal_h=2, fold_w=fw, fold_h=fh)
+    res = context_cluster(
+        torch.randn(B, H, W, heads * 4),
+        torch.randn(B, H, W, heads * 4),
+        heads=heads,
+        proposal_w=2,
+        proposal_h=2,
+        fold_w=fw,
+        fold_h=fh,
+    )
     onehot = F.one_hot(res.assignment, fw * fh * M)  # (B, heads, H, W, centres)
     assert onehot.sum(-1).eq(1).all()
     # a point joins one of the M centres of its own region
@@ -172,8 +199,17 @@ def test_hand_derived_backward_passes_gradcheck(similarity):
     b = torch.tensor([-0.3], dtype=torch.float64, requires_grad=True)
 
     def f(x, v, a, b):
-        return context_cluster(x, v, heads=2, proposal_w=2, proposal_h=3, fold_w=2,
-                               sim_alpha=a, sim_beta=b, similarity=similarity).out
+        return context_cluster(
+            x,
+            v,
+            heads=2,
+            proposal_w=2,
+            proposal_h=3,
+            fold_w=2,
+            sim_alpha=a,
+            sim_beta=b,
+            similarity=similarity,
+        ).out
 
     assert torch.autograd.gradcheck(f, (x, v, a, b))
 
@@ -188,8 +224,9 @@ def test_hand_derived_backward_equals_autograd():
     grads = []
     for autograd in (False, True):
         res = context_cluster(x, v, sim_alpha=a, sim_beta=b, _autograd=autograd, **kw)
-        grads.append([res.out, res.assignment,
-                      *torch.autograd.grad((res.out * w).sum(), (x, v, a, b))])
+        grads.append(
+            [res.out, res.assignment, *torch.autograd.grad((res.out * w).sum(), (x, v, a, b))]
+        )
     for fast, slow in zip(*grads, strict=True):
         torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
 

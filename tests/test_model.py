@@ -21,7 +21,11 @@ def _small_input(model, batch=2):
 
 
 def test_every_variant_is_registered():
-    assert set(VARIANTS) >= set(cocs.OFFICIAL_VARIANTS) | {"coc_cifar", "coc_imagenette", "coc_micro"}
+    assert set(VARIANTS) >= set(cocs.OFFICIAL_VARIANTS) | {
+        "coc_cifar",
+        "coc_imagenette",
+        "coc_micro",
+    }
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -32,7 +36,9 @@ def test_variant_trains(name):
     assert out.shape == (2, 7)
     assert torch.isfinite(out).all()
     F.cross_entropy(out, torch.tensor([0, 6])).backward()
-    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.isfinite().all()]
+    no_grad = [
+        n for n, p in model.named_parameters() if p.grad is None or not p.grad.isfinite().all()
+    ]
     assert not no_grad, f"parameters without a finite gradient: {no_grad[:5]}"
     zero = [n for n, p in model.named_parameters() if not p.grad.abs().sum() > 0]
     assert not zero, f"parameters whose gradient is zero: {zero[:5]}"
@@ -133,7 +139,9 @@ def test_same_seed_same_model_and_output():
 # bad input ----------------------------------------------------------------------------------
 def test_wrong_channel_count_is_named():
     model = timm.create_model("coc_micro")
-    with pytest.raises(ValueError, match=r"expected images of shape \(B, 3, H, W\), got \(1, 4, 32, 32\)"):
+    with pytest.raises(
+        ValueError, match=r"expected images of shape \(B, 3, H, W\), got \(1, 4, 32, 32\)"
+    ):
         model(torch.randn(1, 4, 32, 32))
 
 

@@ -35,9 +35,14 @@ def test_cluster_layer_forward_and_backward(reference):
     ref = reference["cluster_layer"]
     cfg = ref["config"]
     layer = Cluster(
-        dim=cfg["dim"], out_dim=cfg["out_dim"], heads=cfg["heads"], head_dim=cfg["head_dim"],
-        proposal_w=cfg["proposal_w"], proposal_h=cfg["proposal_h"],
-        fold_w=cfg["fold_w"], fold_h=cfg["fold_h"],
+        dim=cfg["dim"],
+        out_dim=cfg["out_dim"],
+        heads=cfg["heads"],
+        head_dim=cfg["head_dim"],
+        proposal_w=cfg["proposal_w"],
+        proposal_h=cfg["proposal_h"],
+        fold_w=cfg["fold_w"],
+        fold_h=cfg["fold_h"],
     )
     layer.load_state_dict(ref["state_dict"], strict=True)
     x = ref["input"].clone().requires_grad_(True)

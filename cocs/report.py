@@ -1,0 +1,176 @@
+"""The handbook's result tables, regenerated from the files under ``results/``.
+
+:func:`render` reads what the chapters and ``make bench`` wrote and returns one Markdown
+document; :func:`update_readme` puts it between two markers of the README. Nothing in either is
+typed by hand, and a test checks that the README holds exactly what :func:`render` returns.
+A chapter that has not been run yet shows as such, with the command that runs it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from .handbook import atomic_write_text
+
+__all__ = ["BEGIN", "END", "SECTIONS", "readme_block", "render", "update_readme"]
+
+BEGIN = "<!-- results:begin (written by notebooks/08_results.py; do not edit) -->"
+END = "<!-- results:end -->"
+
+
+def _md(df: pd.DataFrame, digits: int = 2) -> str:
+    return df.round(digits).to_markdown(index=False)
+
+
+def _family(results: Path) -> str | None:
+    path = results / "03_model_family" / "model_family.csv"
+    if not path.is_file():
+        return None
+    df = pd.read_csv(path)
+    df = df[df["paper_params_m"].notna()]  # the paper's variants
+    shown = pd.DataFrame(
+        {
+            "variant": df["variant"],
+            "params (2^20), ours": df["params_2p20"],
+            "params (2^20), paper": df["paper_params_m"],
+            "GMACs (2^30), ours": df["gmacs_2p30"],
+            "GFLOPs, paper": df["paper_gflops"],
+            "top-1, paper": df["paper_top1"],
+        }
+    )
+    return _md(shown) + "\n\nThe paper counts a multiply-add as one FLOP and a million as 2^20."
+
+
+def _cifar(results: Path) -> str | None:
+    path = results / "04_cifar10" / "comparison.csv"
+    if not path.is_file():
+        return None
+    df = pd.read_csv(path)
+    shown = pd.DataFrame(
+        {
+            "model": df["model"],
+            "test acc. (%)": df["test_acc_final"],
+            "params (M)": df["params"] / 1e6,
+            "MACs (M)": df["macs_m"],
+            "epochs": df["epochs"],
+            "train img/s": df["train_img_s"],
+            "infer img/s": df["infer_img_s"],
+            "wall (min)": df["wall_minutes"],
+        }
+    )
+    where = f"{df['hardware'].iloc[0]}, {df['threads'].iloc[0]} threads"
+    budget = (
+        f"{df['budget_minutes'].iloc[0]:g} minutes per model"
+        if "budget_minutes" in df and df["budget_minutes"].iloc[0] > 0
+        else "the same epochs"
+    )
+    return _md(shown, 1) + f"\n\nSame recipe and budget ({budget}); {where}."
+
+
+def _imagenette(results: Path) -> str | None:
+    path = results / "05_imagenette" / "summary.csv"
+    if not path.is_file():
+        return None
+    df = pd.read_csv(path)
+    shown = pd.DataFrame(
+        {
+            "model": df["model"],
+            "image size": df["img_size"],
+            "val. top-1 (%)": df["val_top1_final"],
+            "params (M)": df["params"] / 1e6,
+            "MACs (M)": df["macs_m"],
+            "epochs": df["epochs"],
+            "wall (min)": df["wall_minutes"],
+        }
+    )
+    return _md(shown, 1) + f"\n\n{df['hardware'].iloc[0]}, {df['threads'].iloc[0]} threads."
+
+
+def _ablations(results: Path) -> str | None:
+    folder = results / "06_ablations"
+    if not (folder / "summary.csv").is_file():
+        return None
+    df = pd.read_csv(folder / "summary.csv")
+    shown = pd.DataFrame(
+        {
+            "ablation": df["label"],
+            "test acc. (%), mean": df["acc_mean"],
+            "sd": df["acc_std"],
+            "seeds": df["seeds"],
+            "change": df["delta"],
+            "paper: change (ImageNet)": df["paper_delta"],
+        }
+    )
+    text = _md(shown)
+    findings = folder / "findings.csv"
+    if findings.is_file():
+        f = pd.read_csv(findings)
+        text += "\n\n" + _md(f[["claim", "gap", "noise", "verdict"]])
+    return text
+
+
+def _bench(results: Path) -> str | None:
+    files = sorted((results / "bench").glob("*.csv"))
+    if not files:
+        return None
+    df = pd.concat([pd.read_csv(p).assign(hardware=p.stem) for p in files], ignore_index=True)
+    shown = pd.DataFrame(
+        {
+            "hardware": df["hardware"],
+            "model": df["model"],
+            "image": df["img_size"],
+            "batch": df["batch"],
+            "speed-up": df["speedup"],
+            "peak memory ratio": df["memory_ratio"],
+        }
+    )
+    return _md(shown) + (
+        "\n\nA training step of `cocs` against the paper's formulation, same weights, "
+        "one process (`make bench`)."
+    )
+
+
+# (title, reader, command that writes the files it reads)
+SECTIONS: tuple[tuple[str, Callable[[Path], str | None], str], ...] = (
+    ("Model family (chapter 3)", _family, "python -m cocs.handbook run 03_model_family"),
+    ("CIFAR-10 against peers (chapter 4)", _cifar, "python -m cocs.handbook run 04_cifar10"),
+    ("Imagenette (chapter 5)", _imagenette, "python -m cocs.handbook run 05_imagenette"),
+    ("Ablations on CIFAR-10 (chapter 6)", _ablations, "python -m cocs.handbook run 06_ablations"),
+    ("Speed and memory (`make bench`)", _bench, "make bench"),
+)
+
+
+def render(results_dir: str | os.PathLike) -> str:
+    """Every result table of the handbook as Markdown, read from ``results_dir``."""
+    results = Path(results_dir)
+    parts = []
+    for title, reader, command in SECTIONS:
+        body = reader(results)
+        parts.append(f"### {title}\n\n{body if body is not None else f'Not run yet: `{command}`.'}")
+    return "\n\n".join(parts) + "\n"
+
+
+def readme_block(text: str) -> str:
+    """The block of a README between :data:`BEGIN` and :data:`END`, without the markers."""
+    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
+        raise ValueError(
+            f"the README needs exactly one {BEGIN!r} line followed by one {END!r} line; "
+            "put them where the results tables belong"
+        )
+    return text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n") + "\n"
+
+
+def update_readme(readme: str | os.PathLike, tables: str) -> bool:
+    """Replace the README's block between the markers with ``tables``; True if it changed."""
+    path = Path(readme)
+    text = path.read_text(encoding="utf-8")
+    if readme_block(text) == tables:
+        return False
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    atomic_write_text(path, f"{head}{BEGIN}\n{tables.rstrip()}\n{END}{tail}")
+    return True

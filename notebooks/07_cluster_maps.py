@@ -1,0 +1,242 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Cluster maps: what do the clusters of a trained model look like?
+#
+# **Question.** A Context Cluster groups the points of an image around a few centres in every
+# layer. On real photographs, after training, which points end up together: pixels of one
+# object, of one colour, of one place? How does that differ between stages and between heads,
+# and how does it change while the model learns?
+#
+# **The paper's claim.** The paper's visualisations show clusters that follow objects and
+# parts rather than fixed windows, increasingly so in deeper stages, which it reads as evidence
+# that clustering gives the model some interpretability.
+#
+# This chapter reads the hard assignment that `cocs.cluster.context_cluster` returns to every
+# layer (through `cocs.capture_assignments`, wrapped by `cocs.maps.stage_assignments`), from one
+# ordinary forward pass: no part of the model is re-implemented here. The models are the
+# `coc_cifar` of chapter 4, the `coc_imagenette` of chapter 5 with one checkpoint per epoch,
+# and, for readers who have them, the authors' released ImageNet checkpoints. It writes, under
+# `results/07_cluster_maps/`:
+#
+# - `<model>_grid.png`: one photograph, its maps for every stage (rows) and head (columns);
+# - `<model>_photos.png`: several photographs, one head, every stage;
+# - `evolution.png` and `evolution.gif`: one map of `coc_imagenette` after successive epochs;
+# - `maps.csv`: per model and stage, how many distinct centres the points of each photo joined.
+
+# %% tags=["parameters"]
+photos = ""  # comma-separated image files or folders; empty: the sample photographs
+n_photos = 6  # photographs in the overview figures
+grid_photo = 0  # index (in sorted order) of the photograph of the stage x head grids
+max_heads = 4  # heads shown per stage in the grids
+display_size = 224  # side of the drawn photographs (a multiple of every map's side)
+cifar = True  # maps of chapter 4's coc_cifar (needs its checkpoint)
+imagenette = True  # maps and evolution of chapter 5's coc_imagenette (needs its checkpoints)
+evolution_frames = 8  # epochs shown in the evolution strip and GIF (evenly spaced)
+official_checkpoint = ""  # a released ImageNet checkpoint file; empty: skipped
+official_variant = "coc_tiny"  # the variant of official_checkpoint
+results_dir = "results"
+
+# %%
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+import cocs
+from cocs.handbook import repo_root, results_path, save_figure, write_csv
+from cocs.maps import (
+    blend,
+    centres_per_region,
+    load_photo,
+    photo_batch,
+    sample_photos,
+    save_gif,
+    stage_assignments,
+)
+from cocs.train import TrainConfig, load_trained, resolve_ckpt_dir
+
+out = results_path(results_dir, "07_cluster_maps")
+paths = sample_photos(photos)
+shown = paths[:n_photos]
+grid_path = paths[grid_photo % len(paths)]
+print(f"{len(paths)} photographs; overview: {[p.name for p in shown]}; grid: {grid_path.name}")
+
+
+# %% [markdown]
+# ## The trained models
+#
+# A model comes with the data set it was trained on, which fixes its input size and the
+# normalisation of its pixels. The chapters that trained them left their checkpoints in the
+# git-ignored `checkpoints/` folder; without them this chapter says which chapter to run.
+
+
+# %%
+def trained_run(chapter: str, sub: str = "") -> tuple[torch.nn.Module, TrainConfig]:
+    """The final model of a training chapter's run, from its checkpoint."""
+    run_dir = results_path(results_dir, chapter, create=False) / sub
+    ckpt = resolve_ckpt_dir(TrainConfig(out_dir=str(run_dir))) / "last.pt"
+    if not ckpt.is_file():
+        raise FileNotFoundError(
+            f"no checkpoint at {ckpt}: train it first with "
+            f"`python -m cocs.handbook run {chapter}` (results_dir={results_dir!r}), "
+            f"or set {'cifar' if chapter.startswith('04') else 'imagenette'} = False"
+        )
+    return load_trained(ckpt)
+
+
+models = {}  # name -> (model, data set, input size)
+if cifar:
+    net, cfg = trained_run("04_cifar10", "coc_cifar")
+    models["coc_cifar"] = (net, cfg.dataset, cfg.img_size)
+if imagenette:
+    net, cfg = trained_run("05_imagenette")
+    models[cfg.model] = (net, cfg.dataset, cfg.img_size)
+if official_checkpoint:
+    net = cocs.load_official_checkpoint(official_checkpoint, official_variant).eval()
+    models[f"{official_variant} (released)"] = (net, "imagenet", 224)
+print({name: f"{data}, {size}px" for name, (_, data, size) in models.items()})
+
+
+# %% [markdown]
+# ## Stages and heads
+#
+# Each layer splits its points into regions (outlined in white) and its channels into heads;
+# within a region and a head, every point joins exactly one centre. Within a region a colour
+# stands for one centre, and the same few colours repeat in every region, so a colour that
+# covers an object's part of a region means the layer put those points together. The maps
+# shown are those of the last block of each stage; deeper stages have fewer, coarser points.
+
+
+# %%
+def maps_of(name: str, files) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
+    """Display photos (3, S, S), per stage the assignments (B, heads, H_s, W_s) of ``files``,
+    and per stage the centres per region."""
+    net, data, size = models[name]
+    inputs = photo_batch([load_photo(p, size) for p in files], data)  # (B, 3, size, size)
+    photos = [load_photo(p, display_size) for p in files]
+    return photos, stage_assignments(net, inputs), centres_per_region(net)
+
+
+def draw_grid(name: str) -> plt.Figure:
+    """Rows: stages; columns: the photo, then up to ``max_heads`` heads."""
+    (photo,), stages, centres = maps_of(name, [grid_path])
+    heads = min(max_heads, max(a.shape[1] for a in stages))
+    fig, axes = plt.subplots(len(stages), heads + 1, figsize=(2 * (heads + 1), 2 * len(stages)))
+    for s, assignment in enumerate(stages):  # (1, heads, H, W)
+        axes[s, 0].imshow(photo.permute(1, 2, 0))
+        axes[s, 0].set_ylabel(f"stage {s + 1}\n{assignment.shape[2]}x{assignment.shape[3]} points")
+        for h in range(heads):
+            ax = axes[s, h + 1]
+            if h < assignment.shape[1]:
+                ax.imshow(blend(photo, assignment[0, h], centres=centres[s]))
+                ax.set_title(f"head {h + 1}", fontsize=8)
+            else:
+                ax.set_visible(False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{name}: {grid_path.name}")
+    fig.tight_layout()
+    return fig
+
+
+for name in models:
+    fig = draw_grid(name)
+    save_figure(fig, out / f"{name.split(' ')[0]}_grid.png")
+    plt.show()
+
+# %% [markdown]
+# ## Several photographs
+#
+# The first head of every stage, for each photograph: does the grouping follow the scene, or
+# the fixed grid of regions and centres it starts from?
+
+# %%
+rows = []
+for name in models:
+    photos_shown, stages, centres = maps_of(name, shown)
+    fig, axes = plt.subplots(len(shown), len(stages) + 1, figsize=(2 * (len(stages) + 1), 2 * len(shown)), squeeze=False)  # fmt: skip
+    for i, photo in enumerate(photos_shown):
+        axes[i, 0].imshow(photo.permute(1, 2, 0))
+        axes[i, 0].set_ylabel(shown[i].stem.split("_", 1)[-1], fontsize=8)
+        for s, assignment in enumerate(stages):
+            axes[i, s + 1].imshow(blend(photo, assignment[i, 0], centres=centres[s]))
+            if i == 0:
+                axes[i, s + 1].set_title(f"stage {s + 1}, head 1", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(name)
+    fig.tight_layout()
+    save_figure(fig, out / f"{name.split(' ')[0]}_photos.png")
+    plt.show()
+    for s, assignment in enumerate(stages):  # (B, heads, H, W)
+        B, heads, H, W = assignment.shape
+        used = [len(torch.unique(assignment[b, h])) for b in range(B) for h in range(heads)]
+        rows.append({"model": name, "stage": s + 1, "points": H * W, "heads": heads,
+                     "centres_used_mean": float(np.mean(used)), "photos": B})  # fmt: skip
+maps = pd.DataFrame(rows)
+write_csv(maps, out / "maps.csv")
+maps
+
+# %% [markdown]
+# ## How the clustering forms during training
+#
+# Chapter 5 kept the weights after every epoch. Here the same photograph goes through
+# `coc_imagenette` after successive epochs, and the first head of the first stage is drawn each
+# time: at the first epoch the centres are proposed from barely trained features, and the
+# groups are close to the regular grid of proposals; as the features learn, points regroup.
+
+# %%
+if imagenette:
+    listing = pd.read_csv(
+        results_path(results_dir, "05_imagenette", create=False) / "checkpoints.csv"
+    )
+    picks = np.unique(np.linspace(0, len(listing) - 1, min(evolution_frames, len(listing))).round().astype(int))  # fmt: skip
+    frames, titles = [], []
+    for _, row in listing.iloc[picks].iterrows():
+        path = repo_root() / row["path"]  # relative to the repository root, or absolute
+        net, cfg = load_trained(path)
+        photo_in = photo_batch([load_photo(grid_path, cfg.img_size)], cfg.dataset)
+        first = stage_assignments(net, photo_in)[0]  # (1, heads, H, W)
+        photo = load_photo(grid_path, display_size)
+        frames.append(blend(photo, first[0, 0], centres=centres_per_region(net)[0]))
+        titles.append(f"epoch {row['epoch']}\n{row['test_acc']:.1f}% val.")
+    fig, axes = plt.subplots(1, len(frames), figsize=(2 * len(frames), 2.5), squeeze=False)
+    for ax, frame, title in zip(axes[0], frames, titles, strict=True):
+        ax.imshow(frame)
+        ax.set_title(title, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{cfg.model}, stage 1, head 1: {grid_path.name}")
+    fig.tight_layout()
+    save_figure(fig, out / "evolution.png")
+    save_gif(frames, out / "evolution.gif")
+    plt.show()
+
+# %% [markdown]
+# Read the maps with their limits in mind. The regular tiling of the first stages is the region
+# partition itself: points of different regions never share a centre.
+# A 32x32 CIFAR model sees a photograph as a thumbnail; its maps are coarse by construction.
+# And a map shows which points share a centre, not why: the similarity is computed on learned
+# features, which mix colour, position and, in deeper layers, context.
+#
+# ## Try it
+#
+# 1. Your own photographs: `photos = "path/to/photo.jpg,path/to/folder"`.
+# 2. With a released checkpoint of the authors (for example `coc_tiny`), set
+#    `official_checkpoint` to its path: do the maps of an ImageNet-trained model follow objects
+#    more closely than those of the small models trained here?
+# 3. Chapter 5 with `keep_epoch_ckpts` at a larger `img_size`: do finer maps form earlier?

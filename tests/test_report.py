@@ -1,0 +1,60 @@
+"""The results tables: regenerated from results/, and the README holds exactly them."""
+
+import pandas as pd
+import pytest
+
+from cocs import report
+from cocs.handbook import repo_root
+
+
+def test_readme_tables_equal_the_regenerated_ones():
+    readme = (repo_root() / "README.md").read_text(encoding="utf-8")
+    assert report.readme_block(readme) == report.render(repo_root() / "results"), (
+        "README.md's results section differs from the results files: "
+        "run `python -m cocs.handbook run 08_results`"
+    )
+
+
+def test_committed_results_readme_matches_too():
+    written = (repo_root() / "results" / "README.md").read_text(encoding="utf-8")
+    assert written.endswith(report.render(repo_root() / "results"))
+
+
+def test_a_chapter_not_run_shows_its_command(tmp_path):
+    text = report.render(tmp_path)
+    for title, _, command in report.SECTIONS:
+        assert f"### {title}\n\nNot run yet: `{command}`." in text
+
+
+def test_tables_are_read_from_the_files(tmp_path):
+    (tmp_path / "bench").mkdir()
+    pd.DataFrame(
+        [{"model": "coc_x", "img_size": 32, "batch": 8, "speedup": 2.345, "memory_ratio": 0.4}]
+    ).to_csv(tmp_path / "bench" / "some-cpu.csv", index=False)
+    text = report.render(tmp_path)
+    assert "| some-cpu   | coc_x   |" in text and "2.35" in text  # rounded to 2 digits
+
+
+def test_update_readme_replaces_only_the_block(tmp_path):
+    path = tmp_path / "README.md"
+    path.write_text(f"# Title\n\nbefore\n\n{report.BEGIN}\nold\n{report.END}\n\nafter\n")
+    assert report.update_readme(path, "new table\n")
+    text = path.read_text()
+    assert text == f"# Title\n\nbefore\n\n{report.BEGIN}\nnew table\n{report.END}\n\nafter\n"
+    assert report.readme_block(text) == "new table\n"
+    assert not report.update_readme(path, "new table\n"), "an unchanged block is not rewritten"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "no markers",
+        f"{report.END}\n{report.BEGIN}",
+        f"{report.BEGIN}\n{report.BEGIN}\n{report.END}",
+    ],
+)
+def test_missing_or_misplaced_markers_are_reported(tmp_path, text):
+    path = tmp_path / "README.md"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="results:begin"):
+        report.update_readme(path, "x\n")
