@@ -181,9 +181,14 @@ def compare(
     device: str = "cpu",
     num_classes: int | None = None,
     seed: int = 0,
+    compiled: bool = False,
 ) -> dict:
     """Time ``steps`` training steps of the paper's formulation and of ``cocs``, interleaved
-    (A B A B ...) so that both see the same machine load; same weights, same batch."""
+    (A B A B ...) so that both see the same machine load; same weights, same batch.
+
+    ``compiled=True`` adds a third contender, ``cocs`` under ``torch.compile`` (its own copy of
+    the weights), and reports its speed-up and the seconds its first step took to compile.
+    """
     torch.manual_seed(seed)
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     fast = timm.create_model(name, **kwargs).to(device).train()
@@ -195,9 +200,17 @@ def compare(
         k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in (("paper", slow), ("cocs", fast))
     }
     models = {"paper": slow, "cocs": fast}
-    times: dict[str, list[float]] = {"paper": [], "cocs": []}
+    compile_s = float("nan")
+    if compiled:
+        eager = copy.deepcopy(fast)
+        models["compiled"] = torch.compile(eager)
+        opts["compiled"] = torch.optim.AdamW(eager.parameters(), lr=1e-4)
+        t0 = time.perf_counter()
+        _step(models["compiled"], opts["compiled"], x, y)  # compiles forward and backward
+        compile_s = time.perf_counter() - t0
+    times: dict[str, list[float]] = {k: [] for k in models}
     for i in range(warmup + steps):
-        for k in ("paper", "cocs"):
+        for k in models:
             if device != "cpu":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
@@ -208,6 +221,13 @@ def compare(
                 times[k].append(time.perf_counter() - t0)
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
     mem = {k: peak_memory_mib(models[k], opts[k], x, y) for k in ("paper", "cocs")}
+    extra = {}
+    if compiled:
+        extra = {
+            "compiled_step_s": round(med["compiled"], 4),
+            "compiled_speedup": round(med["paper"] / med["compiled"], 3),
+            "compile_s": round(compile_s, 1),
+        }
     return {
         "model": name,
         "img_size": img_size,
@@ -218,6 +238,7 @@ def compare(
         "paper_peak_mib": round(mem["paper"], 1),
         "cocs_peak_mib": round(mem["cocs"], 1),
         "memory_ratio": round(mem["cocs"] / mem["paper"], 3),
+        **extra,
         "device": device,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -241,6 +262,11 @@ def main(argv: list[str] | None = None) -> Path:
     )
     p.add_argument("--steps", type=int, default=9, help="timed steps per implementation (median)")
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument(
+        "--compiled",
+        action="store_true",
+        help="also time cocs under torch.compile (compiling takes minutes on a CPU)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out_dir", default="results/bench")
     p.add_argument(
@@ -264,6 +290,7 @@ def main(argv: list[str] | None = None) -> Path:
             steps=args.steps,
             warmup=args.warmup,
             device=args.device,
+            compiled=args.compiled,
         )
         print(row, flush=True)
         rows.append(row)

@@ -132,10 +132,13 @@ def stage_assignments(model: nn.Module, images: Tensor, block: int = -1) -> list
 
 
 def _palette(n: int, seed: int = 0) -> np.ndarray:
-    """``n`` distinct-looking RGB colours in [0, 1], (n, 3): tab20, then random ones."""
+    """``n`` distinct-looking RGB colours in [0, 1], (n, 3): tab10's ten hues first, then their
+    light variants (tab20), then random ones."""
     from matplotlib import colormaps
 
-    base = np.asarray(colormaps["tab20"].colors)
+    base = np.concatenate(
+        [np.asarray(colormaps["tab10"].colors), np.asarray(colormaps["tab20"].colors)[1::2]]
+    )
     if n <= len(base):
         return base[:n]
     extra = np.random.default_rng(seed).uniform(0.1, 0.95, size=(n - len(base), 3))

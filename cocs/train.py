@@ -83,6 +83,7 @@ class TrainConfig:
     clip_grad: float = 0.0  # max gradient norm; 0: off
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0: off
     amp: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU), bf16, fp16 or off
+    torch_compile: bool = False  # torch.compile the model for training steps (slow first steps)
     # run
     seed: int = 0
     device: str = "auto"  # auto (CUDA if present), cpu, cuda, cuda:N
@@ -259,6 +260,7 @@ RUN_ONLY_KEYS = frozenset(
         "num_workers",
         "num_threads",
         "progress",
+        "torch_compile",
         "device",
         "download",
         "data_path",
@@ -682,6 +684,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    if cfg.torch_compile:  # training steps only; weights are shared, checkpoints stay uncompiled
+        net = torch.compile(net)
 
     eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
     pin = device.type == "cuda"

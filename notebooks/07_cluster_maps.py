@@ -214,14 +214,14 @@ if imagenette:
         photo = load_photo(grid_path, display_size)
         frames.append(blend(photo, first[0, 0], centres=centres_per_region(net)[0]))
         titles.append(f"epoch {row['epoch']}\n{row['test_acc']:.1f}% val.")
-    fig, axes = plt.subplots(1, len(frames), figsize=(2 * len(frames), 2.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(frames), figsize=(2 * len(frames), 2.8), squeeze=False)
     for ax, frame, title in zip(axes[0], frames, titles, strict=True):
         ax.imshow(frame)
         ax.set_title(title, fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(f"{cfg.model}, stage 1, head 1: {grid_path.name}")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.9))  # room for the title above the epochs
     save_figure(fig, out / "evolution.png")
     save_gif(frames, out / "evolution.gif")
     plt.show()
