@@ -50,3 +50,14 @@ def test_compare_and_main_write_a_csv(tmp_path):
     table = pd.read_csv(path)
     assert path.name == f"{hardware_name()}.csv" and list(table["model"]) == ["coc_micro"]
     assert {"speedup", "memory_ratio", "paper_step_s", "cocs_step_s"} <= set(table.columns)
+
+
+def test_compiled_contender_is_timed_on_its_own_copy(monkeypatch):
+    """torch.compile takes minutes on a CPU: an identity stand-in checks the wiring."""
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda m: seen.append(m) or m)
+    row = compare("coc_micro", img_size=32, batch=2, steps=1, warmup=0, compiled=True)
+    assert len(seen) == 1
+    assert row["compiled_step_s"] > 0 and row["compiled_speedup"] > 0 and row["compile_s"] >= 0
+    plain = compare("coc_micro", img_size=32, batch=2, steps=1, warmup=0)
+    assert "compiled_speedup" not in plain

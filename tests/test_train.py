@@ -279,3 +279,31 @@ def test_two_process_ddp_matches_one_process(tree, tmp_path):
         torch.testing.assert_close(weights[name], value, rtol=1e-4, atol=1e-5, msg=name)
     assert meta["final"]["train_loss"] == pytest.approx(single["final"]["train_loss"], abs=1e-5)
     assert meta["final"]["test_loss"] == pytest.approx(single["final"]["test_loss"], abs=1e-5)
+
+
+def test_torch_compile_wraps_the_training_model_only(tree, tmp_path, monkeypatch):
+    """Compiling takes minutes on a CPU, so torch.compile is replaced by a recording wrapper:
+    the training steps go through it, the checkpoint holds the plain model's keys, and the
+    metrics equal an uncompiled run's (the wrapper computes what the model computes)."""
+    compiled = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module, self.calls = module, 0
+
+        def forward(self, x):
+            self.calls += 1
+            return self.module(x)
+
+    def fake_compile(module):
+        compiled.append(Recorder(module))
+        return compiled[-1]
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    plain = T.train(config(tree, tmp_path / "plain"))
+    run = T.train(config(tree, tmp_path / "compiled", torch_compile=True))
+    assert len(compiled) == 1 and compiled[0].calls == 2 * 3, "every training step, no eval"
+    assert scores(run["metrics"]) == scores(plain["metrics"])
+    ckpt = torch.load(tmp_path / "compiled" / "checkpoints" / "run" / "last.pt", weights_only=True)
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
