@@ -28,8 +28,9 @@
 # `resnet_cifar` (BasicBlocks, a 3x3 stride-1 stem) and `vit_cifar` (4x4 patches), one after
 # the other with one training engine, `cocs.train.train`, and the same settings. On a CPU the
 # budget is wall-clock time: each model gets `budget_minutes` of training and evaluation, and
-# as many epochs as its measured step time fits into them, so the chapter takes about two
-# hours on a two-core CPU whatever the models' speeds. The `full` profile of
+# as many epochs as its measured step time fits into them, so the chapter aims at about two
+# hours on a two-core CPU whatever the models' speeds (an estimate: a machine that slows down
+# during the run overshoots it; the wall time actually spent is in the results). The `full` profile of
 # `notebooks/profiles.yaml` fixes the epochs instead (the long GPU recipe). A finished run is
 # reloaded, not redone; an interrupted one resumes with the epochs it started with.
 # It writes, under `results/04_cifar10/`:
