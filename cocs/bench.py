@@ -6,6 +6,10 @@ convolutions. It shares weights with the ``cocs`` model it is made from, so both
 same function (tests/test_bench.py checks it) and the ratio measures the implementation alone.
 
     python -m cocs.bench            # writes results/bench/<hardware>.csv
+    python -m cocs.bench --compiled --cases coc_cifar:32:128   # adds torch.compile's columns
+
+A run replaces the rows of the cases it measured and keeps the file's other rows, so that one
+case can be measured again (or with ``--compiled``) without timing all of them.
 """
 
 from __future__ import annotations
@@ -298,7 +302,14 @@ def main(argv: list[str] | None = None) -> Path:
     if not out.is_absolute():
         out = repo_root() / out
     path = out / f"{hardware_name()}.csv"
-    write_csv(pd.DataFrame(rows), path)
+    table = pd.DataFrame(rows)
+    if path.is_file():  # keep the rows of the cases not measured this time, in place
+        case = ["model", "img_size", "batch"]
+        both = pd.concat([pd.read_csv(path), table], ignore_index=True)
+        first = both.groupby(case, sort=False).ngroup()  # a case keeps its old position
+        table = both.assign(_pos=first).drop_duplicates(case, keep="last")
+        table = table.sort_values("_pos", kind="stable").drop(columns="_pos")
+    write_csv(table, path)
     print(f"wrote {path}")
     return path
 

@@ -26,6 +26,10 @@ def _md(df: pd.DataFrame, digits: int = 2) -> str:
     return df.round(digits).to_markdown(index=False)
 
 
+def _blank_if_missing(column: pd.Series) -> pd.Series:
+    return column.map(lambda v: "" if pd.isna(v) else f"{v:g}")
+
+
 def _family(results: Path) -> str | None:
     path = results / "03_model_family" / "model_family.csv"
     if not path.is_file():
@@ -102,7 +106,7 @@ def _ablations(results: Path) -> str | None:
             "sd": df["acc_std"],
             "seeds": df["seeds"],
             "change": df["delta"],
-            "paper: change (ImageNet)": df["paper_delta"],
+            "paper: change (ImageNet)": _blank_if_missing(df["paper_delta"].round(2)),
         }
     )
     text = _md(shown)
@@ -128,10 +132,16 @@ def _bench(results: Path) -> str | None:
             "peak memory ratio": df["memory_ratio"],
         }
     )
-    return _md(shown) + (
+    note = (
         "\n\nA training step of `cocs` against the paper's formulation, same weights, "
         "one process (`make bench`)."
     )
+    if "compiled_speedup" in df:  # measured for some cases only (`--compiled`)
+        shown["speed-up, torch.compile"] = _blank_if_missing(df["compiled_speedup"].round(2))
+        shown["compile seconds"] = _blank_if_missing(df["compile_s"].round(0))
+        note += " torch.compile's columns: `cocs` compiled, against the same eager baseline; "
+        note += "a blank: not measured with `--compiled`."
+    return _md(shown) + note
 
 
 # (title, reader, command that writes the files it reads)

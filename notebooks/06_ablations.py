@@ -167,7 +167,7 @@ write_csv(summary, out / "summary.csv")
 summary.round(2)
 
 # %%
-fig, ax = plt.subplots(figsize=(9, 4.5))
+fig, ax = plt.subplots(figsize=(9, 5.2))
 y = np.arange(len(summary))
 ax.barh(y - 0.2, summary["delta"], 0.4, xerr=summary["acc_std"], capsize=3,
         label=f"ours: CIFAR-10, coc_cifar, {epochs} epochs, mean ± sd of {seeds} seeds")  # fmt: skip
@@ -180,7 +180,7 @@ ax.invert_yaxis()
 ax.set(xlabel="accuracy change against the full model (points)",
        title=f"Ablations of coc_cifar ({hardware}, {threads} threads)")  # fmt: skip
 ax.grid(axis="x", alpha=0.3)
-ax.legend(fontsize=8, loc="lower left")
+ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.4, -0.15), ncols=1)
 fig.tight_layout()
 save_figure(fig, out / "ablations.png")
 plt.show()

@@ -61,3 +61,15 @@ def test_compiled_contender_is_timed_on_its_own_copy(monkeypatch):
     assert row["compiled_step_s"] > 0 and row["compiled_speedup"] > 0 and row["compile_s"] >= 0
     plain = compare("coc_micro", img_size=32, batch=2, steps=1, warmup=0)
     assert "compiled_speedup" not in plain
+
+
+def test_main_replaces_the_cases_it_measured_and_keeps_the_others(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda m: m)  # the wiring, without minutes of compiling
+    quick = ["--steps", "1", "--warmup", "0", "--out_dir", str(tmp_path), "--cases"]
+    main([*quick, "coc_micro:32:4", "coc_micro:32:2"])
+    before = pd.read_csv(tmp_path / f"{hardware_name()}.csv")
+    path = main([*quick, "coc_micro:32:4", "--compiled"])
+    table = pd.read_csv(path)
+    assert list(table["batch"]) == [4, 2]  # the re-measured case keeps its place
+    assert table.loc[0, "compiled_speedup"] > 0 and pd.isna(table.loc[1, "compiled_speedup"])
+    assert table.loc[1, "cocs_step_s"] == before.loc[1, "cocs_step_s"]  # kept as it was

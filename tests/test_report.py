@@ -35,6 +35,23 @@ def test_tables_are_read_from_the_files(tmp_path):
     assert "| some-cpu   | coc_x   |" in text and "2.35" in text  # rounded to 2 digits
 
 
+def test_compiled_columns_are_blank_where_not_measured(tmp_path):
+    (tmp_path / "bench").mkdir()
+    row = {"img_size": 32, "batch": 8, "speedup": 1.5, "memory_ratio": 0.4}
+    pd.DataFrame(
+        [
+            {"model": "coc_x", **row, "compiled_speedup": 2.104, "compile_s": 239.4},
+            {"model": "coc_y", **row},
+        ]
+    ).to_csv(tmp_path / "bench" / "some-cpu.csv", index=False)
+    lines = report.render(tmp_path).splitlines()
+    x, y = (
+        [c.strip() for c in next(s for s in lines if f"| {m}" in s).split("|")[1:-1]]
+        for m in ("coc_x", "coc_y")
+    )
+    assert x[-2:] == ["2.1", "239"] and y[-2:] == ["", ""]
+
+
 def test_update_readme_replaces_only_the_block(tmp_path):
     path = tmp_path / "README.md"
     path.write_text(f"# Title\n\nbefore\n\n{report.BEGIN}\nold\n{report.END}\n\nafter\n")
