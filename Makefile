@@ -49,7 +49,6 @@ lint: install
 
 bench: install
 	$(PY) -m cocs.bench
-	$(PY) -m cocs.bench --compiled --cases coc_cifar:32:128
 
 # An executed notebook depends on its source and on the library, so only stale ones run again.
 # The environment is an order-only prerequisite: building it does not make notebooks stale.

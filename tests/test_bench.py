@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 import timm
 import torch
 import torch.nn.functional as F
@@ -68,8 +69,14 @@ def test_main_replaces_the_cases_it_measured_and_keeps_the_others(tmp_path, monk
     quick = ["--steps", "1", "--warmup", "0", "--out_dir", str(tmp_path), "--cases"]
     main([*quick, "coc_micro:32:4", "coc_micro:32:2"])
     before = pd.read_csv(tmp_path / f"{hardware_name()}.csv")
-    path = main([*quick, "coc_micro:32:4", "--compiled"])
+    path = main([*quick, "coc_micro:32:4:compiled"])
     table = pd.read_csv(path)
     assert list(table["batch"]) == [4, 2]  # the re-measured case keeps its place
     assert table.loc[0, "compiled_speedup"] > 0 and pd.isna(table.loc[1, "compiled_speedup"])
     assert table.loc[1, "cocs_step_s"] == before.loc[1, "cocs_step_s"]  # kept as it was
+
+
+def test_a_malformed_case_names_itself(capsys):
+    with pytest.raises(SystemExit):
+        main(["--cases", "coc_micro:32:4:fast"])
+    assert "coc_micro:32:4:fast" in capsys.readouterr().err
