@@ -116,6 +116,7 @@ class ClusterBlock(nn.Module):
         use_layer_scale: bool = True,
         layer_scale_init_value: float = 1e-5,
         mixer: str = "cluster",
+        lean_mlp: bool = True,
         **cluster_kwargs,
     ):
         super().__init__()
@@ -127,7 +128,7 @@ class ClusterBlock(nn.Module):
         else:
             raise ValueError(f"mixer={mixer!r} is not 'cluster' or 'none'")
         self.norm2 = GroupNorm(dim)
-        self.mlp = Mlp(dim=dim, hidden=int(dim * mlp_ratio), drop=drop)
+        self.mlp = Mlp(dim=dim, hidden=int(dim * mlp_ratio), drop=drop, lean=lean_mlp)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.use_layer_scale = use_layer_scale
         if use_layer_scale:
@@ -160,6 +161,9 @@ class ContextCluster(nn.Module):
 
     Input: (B, in_chans, H, W) images. ``use_positions`` appends the two coordinate channels
     (the paper's 5-D points); without them points carry colour only (an ablation).
+    ``lean_mlp`` makes every MLP recompute its hidden layer in the backward pass (see
+    :class:`Mlp`): half the training step's memory for large inputs, at some speed; the same
+    arithmetic either way.
     """
 
     def __init__(
@@ -191,6 +195,7 @@ class ContextCluster(nn.Module):
         similarity: str = "sigmoid",
         center_iters: int = 0,
         channels_last: bool = True,
+        lean_mlp: bool = True,
         global_pool: str = "avg",
     ):
         super().__init__()
@@ -240,6 +245,7 @@ class ContextCluster(nn.Module):
                     mixer=mixer,
                     similarity=similarity,
                     center_iters=center_iters,
+                    lean_mlp=lean_mlp,
                     **stage_kwargs,
                 )
                 for j in range(n_blocks)
@@ -630,6 +636,9 @@ def coc_cifar(pretrained: bool = False, **kwargs) -> ContextCluster:
                 in_patch_size=2,
                 in_stride=2,
                 num_classes=10,
+                # 32 px activations are small: storing the MLPs' hidden layers is faster than
+                # recomputing them (results/bench/) and costs little memory
+                lean_mlp=False,
             ),
             kwargs,
         ),

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import cocs
 from cocs import capture_assignments, create_model
+from cocs.model import Mlp
 
 VARIANTS = cocs.variants()
 
@@ -104,6 +105,15 @@ def test_channels_last_and_lean_mlp_compute_what_nchw_autograd_computes():
     torch.testing.assert_close(fast(x), slow(x))
     for (n, a), b in zip(fast.named_parameters(), slow.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, msg=n, atol=1e-6, rtol=1e-4)
+
+
+def test_lean_mlp_is_chosen_per_model():
+    def lean(model):
+        return {m.lean for m in model.modules() if isinstance(m, Mlp)}
+
+    assert lean(timm.create_model("coc_tiny")) == {True}  # 224 px: memory matters
+    assert lean(timm.create_model("coc_cifar")) == {False}  # 32 px: speed matters
+    assert lean(timm.create_model("coc_cifar", lean_mlp=True)) == {True}
 
 
 def test_capture_assignments_reads_the_cluster_op():
