@@ -8,6 +8,7 @@ can read what an earlier one wrote), and then call that notebook's check below o
 Select them with `pytest -m notebook`, leave them out with `pytest -m "not notebook"`.
 """
 
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -191,6 +192,7 @@ def _(out: Path):
         )
     text = (out / "comparison.md").read_text()
     assert "target was MET" in text or "target was NOT met" in text
+    assert re.search(r"This execution of the notebook took \d+\.\d minutes", text)
     assert "Reported elsewhere" in text and "lightweight-coc" in text
     png_image(out / "curves.png")
 
