@@ -636,8 +636,8 @@ def coc_cifar(pretrained: bool = False, **kwargs) -> ContextCluster:
                 in_patch_size=2,
                 in_stride=2,
                 num_classes=10,
-                # 32 px activations are small: storing the MLPs' hidden layers is faster than
-                # recomputing them (results/bench/) and costs little memory
+                # 32 px activations are small: storing the MLPs' hidden layers costs little
+                # memory and is faster than recomputing them
                 lean_mlp=False,
             ),
             kwargs,
