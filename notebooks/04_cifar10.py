@@ -143,7 +143,7 @@ sizes[["params_m", "macs_m"]].round(2)
 # random batches of the real shape; an epoch's cost is estimated from them, and the model gets
 # as many whole epochs as fit into `budget_minutes` (at least one). The estimate is padded by
 # 10% for data loading and for a machine that slows down during the run (a shared CPU can
-# lose a quarter of its speed for minutes), so that three budgets stay within two hours. The
+# slow down for minutes at a time), so that three budgets stay within two hours. The
 # schedule (warm-up, then cosine to the end) is laid out over those epochs, so every model
 # finishes its schedule.
 # This compares what each architecture learns for the same cost on this machine; with equal
