@@ -8,16 +8,23 @@ same function (tests/test_bench.py checks it) and the ratio measures the impleme
     python -m cocs.bench            # writes results/bench/<hardware>.csv
     python -m cocs.bench --cases coc_tiny:224:16:compiled   # one case, also under torch.compile
 
-A run replaces the rows of the cases it measured and keeps the file's other rows, so that one
-case can be measured again (or with ``--compiled``) without timing all of them.
+Each case runs in a fresh Python process of its own, so that a row does not depend on the
+cases timed before it: the allocator of a process that has run the 224 px models serves the
+baseline's large temporary tensors faster than a fresh one does. ``--in_process`` times every
+case in this process instead. A run replaces the rows of the cases it measured and keeps the
+file's other rows, so that one case can be measured again (or with ``--compiled``) without
+timing all of them.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import platform
 import re
+import subprocess
+import sys
 import time
 import weakref
 from dataclasses import dataclass
@@ -251,12 +258,31 @@ def compare(
 
 CASES = (  # (model, image size, batch, also under torch.compile)
     ("coc_tiny_plain", 224, 16, False),
-    ("coc_tiny", 224, 16, False),
+    ("coc_tiny", 224, 16, True),  # compiling takes minutes here
     ("coc_cifar", 32, 128, True),  # a small model, where fusing element-wise operations pays
 )
 
 
-def main(argv: list[str] | None = None) -> Path:
+_ROW = "cocs.bench row: "
+
+
+def _case_in_fresh_process(case: str, args: argparse.Namespace) -> dict:
+    """Runs one case with ``python -m cocs.bench --print_row`` and returns its row."""
+    cmd = [sys.executable, "-m", "cocs.bench", "--print_row", "--cases", case]
+    cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
+    cmd += ["--compiled"] if args.compiled else []
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    rows = [ln[len(_ROW) :] for ln in proc.stdout.splitlines() if ln.startswith(_ROW)]
+    if proc.returncode != 0 or len(rows) != 1:
+        raise RuntimeError(
+            f"benchmark case {case!r} failed in its own process (exit {proc.returncode}); "
+            f"run `python -m cocs.bench --in_process --cases {case}` to see why. "
+            f"Its last output:\n{proc.stderr[-2000:]}"
+        )
+    return json.loads(rows[0])
+
+
+def main(argv: list[str] | None = None) -> Path | None:
     import pandas as pd
 
     from .handbook import repo_root, write_csv
@@ -265,7 +291,7 @@ def main(argv: list[str] | None = None) -> Path:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--steps", type=int, default=9, help="timed steps per implementation (median)")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first, per implementation")
     p.add_argument(
         "--compiled",
         action="store_true",
@@ -279,6 +305,13 @@ def main(argv: list[str] | None = None) -> Path:
         default=[f"{m}:{s}:{b}" + (":compiled" if c else "") for m, s, b, c in CASES],
         help="model:image_size:batch[:compiled], one or more",
     )
+    p.add_argument(
+        "--in_process",
+        action="store_true",
+        help="time every case in this process, not each in a fresh one (rows then depend on "
+        "the cases timed before them)",
+    )
+    p.add_argument("--print_row", action="store_true", help=argparse.SUPPRESS)  # child's mode
     args = p.parse_args(argv)
     rows = []
     for case in args.cases:
@@ -292,17 +325,25 @@ def main(argv: list[str] | None = None) -> Path:
                 f"--cases {case!r}: expected model:image_size:batch[:compiled], "
                 "e.g. coc_tiny:224:16 or coc_cifar:32:128:compiled"
             )
-        row = compare(
-            name,
-            img_size=size,
-            batch=batch,
-            steps=args.steps,
-            warmup=args.warmup,
-            device=args.device,
-            compiled=args.compiled or bool(flag),
-        )
+        if args.in_process or args.print_row:
+            row = compare(
+                name,
+                img_size=size,
+                batch=batch,
+                steps=args.steps,
+                warmup=args.warmup,
+                device=args.device,
+                compiled=args.compiled or bool(flag),
+            )
+        else:
+            row = _case_in_fresh_process(case, args)
+        if args.print_row:
+            print(_ROW + json.dumps(row), flush=True)
+            continue
         print(row, flush=True)
         rows.append(row)
+    if args.print_row:
+        return None
     out = Path(args.out_dir)
     if not out.is_absolute():
         out = repo_root() / out

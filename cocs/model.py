@@ -161,9 +161,12 @@ class ContextCluster(nn.Module):
 
     Input: (B, in_chans, H, W) images. ``use_positions`` appends the two coordinate channels
     (the paper's 5-D points); without them points carry colour only (an ablation).
-    ``lean_mlp`` makes every MLP recompute its hidden layer in the backward pass (see
-    :class:`Mlp`): half the training step's memory for large inputs, at some speed; the same
-    arithmetic either way.
+    ``lean_mlp`` makes the MLPs recompute their hidden layer in the backward pass instead of
+    storing it (see :class:`Mlp`), one value per stage or one for all; the same arithmetic
+    either way. The default, ``None``, recomputes in the first two stages only: they hold most
+    of a training step's activations (at 224 px, recomputing there halves the step's peak
+    memory), while the later stages' few points cost little to store and recomputing their
+    wide layers would cost the most time.
     """
 
     def __init__(
@@ -195,7 +198,7 @@ class ContextCluster(nn.Module):
         similarity: str = "sigmoid",
         center_iters: int = 0,
         channels_last: bool = True,
-        lean_mlp: bool = True,
+        lean_mlp: Sequence[bool] | bool | None = None,
         global_pool: str = "avg",
     ):
         super().__init__()
@@ -209,6 +212,9 @@ class ContextCluster(nn.Module):
             "proposal_h": _per_stage(proposal_h, n, "proposal_h"),
             "fold_w": _per_stage(fold_w, n, "fold_w"),
             "fold_h": _per_stage(fold_h, n, "fold_h"),
+            "lean_mlp": _per_stage(
+                [i < 2 for i in range(n)] if lean_mlp is None else lean_mlp, n, "lean_mlp"
+            ),
         }
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool={global_pool!r}: only 'avg' or '' (none) are supported")
@@ -245,7 +251,6 @@ class ContextCluster(nn.Module):
                     mixer=mixer,
                     similarity=similarity,
                     center_iters=center_iters,
-                    lean_mlp=lean_mlp,
                     **stage_kwargs,
                 )
                 for j in range(n_blocks)

@@ -134,7 +134,7 @@ def _bench(results: Path) -> str | None:
     )
     note = (
         "\n\nA training step of `cocs` against the paper's formulation, same weights, "
-        "one process (`make bench`)."
+        "interleaved, each case in a fresh process (`make bench`)."
     )
     if "compiled_speedup" in df:  # measured for some cases only (`--compiled`)
         shown["speed-up, torch.compile"] = _blank_if_missing(df["compiled_speedup"].round(2))

@@ -45,12 +45,30 @@ def test_cpu_peak_counts_what_is_alive_at_once():
 def test_compare_and_main_write_a_csv(tmp_path):
     row = compare("coc_micro", img_size=32, batch=4, steps=1, warmup=0)
     assert row["speedup"] > 0 and row["cocs_peak_mib"] > 0 and row["paper_peak_mib"] > 0
-    path = main(
-        ["--steps", "1", "--warmup", "0", "--out_dir", str(tmp_path), "--cases", "coc_micro:32:4"]
-    )
+    # by default each case runs in a fresh process of its own
+    cases = ["coc_micro:32:4", "coc_micro:32:2"]
+    path = main(["--steps", "1", "--warmup", "0", "--out_dir", str(tmp_path), "--cases", *cases])
     table = pd.read_csv(path)
-    assert path.name == f"{hardware_name()}.csv" and list(table["model"]) == ["coc_micro"]
+    assert path.name == f"{hardware_name()}.csv" and list(table["model"]) == ["coc_micro"] * 2
+    assert list(table["batch"]) == [4, 2]
     assert {"speedup", "memory_ratio", "paper_step_s", "cocs_step_s"} <= set(table.columns)
+
+
+def test_a_case_that_fails_in_its_own_process_says_how_to_rerun_it(tmp_path):
+    with pytest.raises(RuntimeError, match="coc_nonexistent:32:4.*python -m cocs.bench"):
+        main(
+            [
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--out_dir",
+                str(tmp_path),
+                "--cases",
+                "coc_nonexistent:32:4",
+            ]
+        )
+    assert not list(tmp_path.iterdir())  # nothing written
 
 
 def test_compiled_contender_is_timed_on_its_own_copy(monkeypatch):
@@ -66,7 +84,8 @@ def test_compiled_contender_is_timed_on_its_own_copy(monkeypatch):
 
 def test_main_replaces_the_cases_it_measured_and_keeps_the_others(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda m: m)  # the wiring, without minutes of compiling
-    quick = ["--steps", "1", "--warmup", "0", "--out_dir", str(tmp_path), "--cases"]
+    quick = ["--in_process", "--steps", "1", "--warmup", "0", "--out_dir", str(tmp_path)]
+    quick += ["--cases"]
     main([*quick, "coc_micro:32:4", "coc_micro:32:2"])
     before = pd.read_csv(tmp_path / f"{hardware_name()}.csv")
     path = main([*quick, "coc_micro:32:4:compiled"])

@@ -111,7 +111,20 @@ def test_lean_mlp_is_chosen_per_model():
     def lean(model):
         return {m.lean for m in model.modules() if isinstance(m, Mlp)}
 
-    assert lean(timm.create_model("coc_tiny")) == {True}  # 224 px: memory matters
+    def per_stage(model):
+        return [lean(model.network[i]) for i in range(0, len(model.network), 2)]
+
+    # 224 px: the first two stages hold most of the activations and recompute; the later
+    # stages store their few points' hidden layers
+    assert per_stage(timm.create_model("coc_tiny")) == [{True}, {True}, {False}, {False}]
+    assert per_stage(timm.create_model("coc_tiny", lean_mlp=(False, True, True, False))) == [
+        {False},
+        {True},
+        {True},
+        {False},
+    ]
+    with pytest.raises(ValueError, match="lean_mlp=.*one value per stage"):
+        timm.create_model("coc_tiny", lean_mlp=(True, False))
     assert lean(timm.create_model("coc_cifar")) == {False}  # 32 px: speed matters
     assert lean(timm.create_model("coc_cifar", lean_mlp=True)) == {True}
 
