@@ -198,7 +198,10 @@ def compare(
     (A B A B ...) so that both see the same machine load; same weights, same batch.
 
     ``compiled=True`` adds a third contender, ``cocs`` under ``torch.compile`` (its own copy of
-    the weights), and reports its speed-up and the seconds its first step took to compile.
+    the weights), and reports its speed-up, the seconds its first step took to compile, and how
+    far that step's gradients are from eager ``cocs``'s on the same weights and batch
+    (``compiled_grad_diff``, the largest absolute difference: compiling may reorder floating-point
+    operations, so it is rounding-sized, not zero).
     """
     torch.manual_seed(seed)
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
@@ -219,6 +222,13 @@ def compare(
         t0 = time.perf_counter()
         _step(models["compiled"], opts["compiled"], x, y)  # compiles forward and backward
         compile_s = time.perf_counter() - t0
+        # its gradients (still held after the step) against eager ones from the same weights
+        fast.zero_grad(set_to_none=True)
+        F.cross_entropy(fast(x), y).backward()
+        grad_diff = max(
+            (a.grad - b.grad).abs().max().item()
+            for a, b in zip(fast.parameters(), eager.parameters(), strict=True)
+        )
     times: dict[str, list[float]] = {k: [] for k in models}
     for i in range(warmup + steps):
         for k in models:
@@ -238,6 +248,7 @@ def compare(
             "compiled_step_s": round(med["compiled"], 4),
             "compiled_speedup": round(med["paper"] / med["compiled"], 3),
             "compile_s": round(compile_s, 1),
+            "compiled_grad_diff": float(f"{grad_diff:.2e}"),
         }
     return {
         "model": name,

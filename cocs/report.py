@@ -139,7 +139,13 @@ def _bench(results: Path) -> str | None:
     if "compiled_speedup" in df:  # measured for some cases only (`--compiled`)
         shown["speed-up, torch.compile"] = _blank_if_missing(df["compiled_speedup"].round(2))
         shown["compile seconds"] = _blank_if_missing(df["compile_s"].round(0))
-        note += " torch.compile's columns: `cocs` compiled, against the same eager baseline; "
+        if "compiled_grad_diff" in df:
+            diff = df["compiled_grad_diff"].map(lambda v: "" if pd.isna(v) else f"{v:.0e}")
+            shown["compiled - eager gradients"] = diff
+        note += " torch.compile's columns: `cocs` compiled, against the same eager baseline, "
+        note += "and the largest difference of its first step's gradients from eager `cocs`'s; "
+        note += "compile seconds: that first step, shorter when torch.compile's on-disk cache "
+        note += "holds an earlier run's kernels; "
         note += "a blank: not measured with `--compiled`."
     return _md(shown) + note
 

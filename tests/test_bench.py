@@ -78,8 +78,25 @@ def test_compiled_contender_is_timed_on_its_own_copy(monkeypatch):
     row = compare("coc_micro", img_size=32, batch=2, steps=1, warmup=0, compiled=True)
     assert len(seen) == 1
     assert row["compiled_step_s"] > 0 and row["compiled_speedup"] > 0 and row["compile_s"] >= 0
+    assert row["compiled_grad_diff"] < 1e-6  # the stand-in computes what eager computes
     plain = compare("coc_micro", img_size=32, batch=2, steps=1, warmup=0)
     assert "compiled_speedup" not in plain
+
+
+def test_compiled_gradients_are_checked_against_eager(monkeypatch):
+    """A compiler that changed the function would show in compiled_grad_diff."""
+
+    class Scaled(torch.nn.Module):  # a stand-in that computes something else
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return 1.5 * self.m(x)
+
+    monkeypatch.setattr(torch, "compile", Scaled)
+    row = compare("coc_micro", img_size=32, batch=2, steps=1, warmup=0, compiled=True)
+    assert row["compiled_grad_diff"] > 1e-4
 
 
 def test_main_replaces_the_cases_it_measured_and_keeps_the_others(tmp_path, monkeypatch):

@@ -92,7 +92,7 @@ def test_layer_scale_off_has_no_layer_scale():
 
 def test_channels_last_and_lean_mlp_compute_what_nchw_autograd_computes():
     torch.manual_seed(0)
-    fast = timm.create_model("coc_micro", layer_scale_init_value=0.5)
+    fast = timm.create_model("coc_micro", layer_scale_init_value=0.5, lean_mlp=True)
     slow = timm.create_model("coc_micro", layer_scale_init_value=0.5, channels_last=False)
     slow.load_state_dict(fast.state_dict())
     for m in slow.modules():
