@@ -282,7 +282,9 @@ def _case_in_fresh_process(case: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, "-m", "cocs.bench", "--print_row", "--cases", case]
     cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
     cmd += ["--compiled"] if args.compiled else []
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # from the folder that holds the package, so that the child imports this same cocs
+    here = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=here)
     rows = [ln[len(_ROW) :] for ln in proc.stdout.splitlines() if ln.startswith(_ROW)]
     if proc.returncode != 0 or len(rows) != 1:
         raise RuntimeError(
