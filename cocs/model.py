@@ -164,7 +164,7 @@ class ContextCluster(nn.Module):
     ``lean_mlp`` makes the MLPs recompute their hidden layer in the backward pass instead of
     storing it (see :class:`Mlp`), one value per stage or one for all; the same arithmetic
     either way. The default, ``None``, recomputes in the first two stages only: they hold most
-    of a training step's activations (at 224 px, recomputing there halves the step's peak
+    of a training step's activations (at 224 px, recomputing there roughly halves the peak
     memory), while the later stages' few points cost little to store and recomputing their
     wide layers would cost the most time.
     """
