@@ -9,8 +9,9 @@ same function (tests/test_bench.py checks it) and the ratio measures the impleme
     python -m cocs.bench --cases coc_tiny:224:16:compiled   # one case, also under torch.compile
 
 Each case runs in a fresh Python process of its own, so that a row does not depend on the
-cases timed before it: the allocator of a process that has run the 224 px models serves the
-baseline's large temporary tensors faster than a fresh one does. ``--in_process`` times every
+cases timed before it: in a process that has run the 224 px models, the baseline's step of a
+later case gets faster (its large temporary tensors are probably served faster by the
+allocator). ``--in_process`` times every
 case in this process instead. A run replaces the rows of the cases it measured and keeps the
 file's other rows, so that one case can be measured again (or with ``--compiled``) without
 timing all of them.
