@@ -8,6 +8,7 @@ A chapter that has not been run yet shows as such, with the command that runs it
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -72,7 +73,33 @@ def _cifar(results: Path) -> str | None:
         if "budget_minutes" in df and df["budget_minutes"].iloc[0] > 0
         else "the same epochs"
     )
-    return _md(shown, 1) + f"\n\nSame recipe and budget ({budget}); {where}."
+    return (
+        _md(shown, 1) + f"\n\nSame recipe and budget ({budget}{_precision(results, df)}); {where}."
+    )
+
+
+def _precision(results: Path, df: pd.DataFrame) -> str:
+    """How the chapter-4 models were trained (autocast, torch.compile), from their metrics.json."""
+    configs = []
+    for model in df["model"]:
+        path = results / "04_cifar10" / model / "metrics.json"
+        if not path.is_file():
+            return ""
+        configs.append(json.loads(path.read_text())["config"])
+    amps = {c.get("amp", "off") for c in configs}
+    compiled = {bool(c.get("torch_compile", False)) for c in configs}
+    if len(amps) > 1 or len(compiled) > 1:
+        raise ValueError(
+            f"chapter 4's models were trained differently: amp {amps}, compiled {compiled}"
+        )
+    amp, compiled = amps.pop(), compiled.pop()
+    dtype = {
+        "bf16": "bfloat16 autocast",
+        "fp16": "float16 autocast",
+        "off": "float32",
+        "auto": "amp auto (float32 on a CPU)",
+    }[amp]
+    return f"; training in {dtype}{', compiled' if compiled else ''}, inference in float32"
 
 
 def _imagenette(results: Path) -> str | None:

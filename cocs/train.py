@@ -685,7 +685,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     if cfg.torch_compile:  # training steps only; weights are shared, checkpoints stay uncompiled
-        net = torch.compile(net)
+        # dynamic=False: the last, smaller batch gets its own graph; otherwise the compiler
+        # switches to a shape-generic graph that is slower for the full batches too
+        net = torch.compile(net, dynamic=False)
 
     eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
     pin = device.type == "cuda"

@@ -52,6 +52,42 @@ def test_compiled_columns_are_blank_where_not_measured(tmp_path):
     assert x[-2:] == ["2.1", "239"] and y[-2:] == ["", ""]
 
 
+def _cifar_run(results, configs):
+    """A chapter-4 comparison.csv and one metrics.json per model with the given configs."""
+    import json
+
+    out = results / "04_cifar10"
+    for model, config in configs.items():
+        (out / model).mkdir(parents=True)
+        (out / model / "metrics.json").write_text(json.dumps({"config": config}))
+    row = {"test_acc_final": 80.0, "params": 2.5e6, "macs_m": 33.0, "epochs": 3}
+    row |= {"train_img_s": 1.0, "infer_img_s": 2.0, "wall_minutes": 3.0, "budget_minutes": 40.0}
+    row |= {"hardware": "some-cpu", "threads": 2}
+    pd.DataFrame([{"model": m, **row} for m in configs]).to_csv(out / "comparison.csv", index=False)
+
+
+def test_cifar_caption_says_how_the_models_were_trained(tmp_path):
+    config = {"amp": "bf16", "torch_compile": True}
+    _cifar_run(tmp_path, {"coc_x": config, "peer_y": config})
+    text = report.render(tmp_path)
+    assert (
+        "(40 minutes per model; training in bfloat16 autocast, compiled, inference in float32)"
+        in text
+    )
+
+
+def test_cifar_models_trained_differently_are_refused(tmp_path):
+    _cifar_run(
+        tmp_path,
+        {
+            "coc_x": {"amp": "bf16", "torch_compile": True},
+            "peer_y": {"amp": "off", "torch_compile": True},
+        },
+    )
+    with pytest.raises(ValueError, match="trained differently"):
+        report.render(tmp_path)
+
+
 def test_update_readme_replaces_only_the_block(tmp_path):
     path = tmp_path / "README.md"
     path.write_text(f"# Title\n\nbefore\n\n{report.BEGIN}\nold\n{report.END}\n\nafter\n")

@@ -296,7 +296,8 @@ def test_torch_compile_wraps_the_training_model_only(tree, tmp_path, monkeypatch
             self.calls += 1
             return self.module(x)
 
-    def fake_compile(module):
+    def fake_compile(module, **options):
+        assert options == {"dynamic": False}, "full batches keep their own static graph"
         compiled.append(Recorder(module))
         return compiled[-1]
 
