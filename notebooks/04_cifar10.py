@@ -159,7 +159,7 @@ sizes[["params_m", "macs_m"]].round(2)
 # schedule (warm-up, then cosine to the end) is laid out over those epochs, so every model
 # finishes its schedule.
 # This compares what each architecture learns for the same cost on this machine; with equal
-# epochs instead, the slower peers would need two to three times the Context Cluster's time.
+# epochs instead, the slower peers would need up to three times the Context Cluster's time.
 
 
 # %%
