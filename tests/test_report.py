@@ -1,5 +1,7 @@
 """The results tables: regenerated from results/, and the README holds exactly them."""
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -54,8 +56,6 @@ def test_compiled_columns_are_blank_where_not_measured(tmp_path):
 
 def _cifar_run(results, configs):
     """A chapter-4 comparison.csv and one metrics.json per model with the given configs."""
-    import json
-
     out = results / "04_cifar10"
     for model, config in configs.items():
         (out / model).mkdir(parents=True)
