@@ -78,28 +78,38 @@ def _cifar(results: Path) -> str | None:
     )
 
 
+def _autocast(meta: dict) -> str:
+    """The autocast dtype a run trained in ("off", "bfloat16", "float16"), from its metrics.json.
+
+    The engine records the dtype it resolved; files written before it did give only the
+    config's ``amp``, whose "auto" means float32 on a CPU.
+    """
+    if "autocast" in meta:
+        return meta["autocast"]
+    amp = meta["config"].get("amp", "off")
+    device = meta.get("environment", {}).get("hardware", {}).get("device", "cpu")
+    if amp == "auto" and device == "cpu":
+        return "off"
+    return {"bf16": "bfloat16", "fp16": "float16", "off": "off"}.get(amp, f"amp {amp}")
+
+
 def _precision(results: Path, df: pd.DataFrame) -> str:
     """How the chapter-4 models were trained (autocast, torch.compile), from their metrics.json."""
-    configs = []
+    metas = []
     for model in df["model"]:
         path = results / "04_cifar10" / model / "metrics.json"
         if not path.is_file():
             return ""
-        configs.append(json.loads(path.read_text())["config"])
-    amps = {c.get("amp", "off") for c in configs}
-    compiled = {bool(c.get("torch_compile", False)) for c in configs}
-    if len(amps) > 1 or len(compiled) > 1:
+        metas.append(json.loads(path.read_text()))
+    dtypes = {_autocast(m) for m in metas}
+    compiled = {bool(m["config"].get("torch_compile", False)) for m in metas}
+    if len(dtypes) > 1 or len(compiled) > 1:
         raise ValueError(
-            f"chapter 4's models were trained differently: amp {amps}, compiled {compiled}"
+            f"chapter 4's models were trained differently: autocast {dtypes}, compiled {compiled}"
         )
-    amp, compiled = amps.pop(), compiled.pop()
-    dtype = {
-        "bf16": "bfloat16 autocast",
-        "fp16": "float16 autocast",
-        "off": "float32",
-        "auto": "amp auto (float32 on a CPU)",
-    }[amp]
-    return f"; training in {dtype}{', compiled' if compiled else ''}, inference in float32"
+    dtype, compiled = dtypes.pop(), compiled.pop()
+    trained = "float32" if dtype == "off" else f"{dtype} autocast"
+    return f"; training in {trained}{', compiled' if compiled else ''}, inference in float32"
 
 
 def _imagenette(results: Path) -> str | None:

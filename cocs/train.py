@@ -827,6 +827,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
         "train_images": n_train,
         "test_images": len(bundle.test),
         "data_source": bundle.source,
+        "autocast": {torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(amp_dtype, "off"),
         "world_size": world,
         "out_dir": str(out_dir),
         "ckpt_path": str(last_path),

@@ -54,12 +54,13 @@ def test_compiled_columns_are_blank_where_not_measured(tmp_path):
     assert x[-2:] == ["2.1", "239"] and y[-2:] == ["", ""]
 
 
-def _cifar_run(results, configs):
-    """A chapter-4 comparison.csv and one metrics.json per model with the given configs."""
+def _cifar_run(results, configs, **meta):
+    """A chapter-4 comparison.csv and one metrics.json per model with the given configs
+    (and ``meta``, further metrics.json keys shared by every model)."""
     out = results / "04_cifar10"
     for model, config in configs.items():
         (out / model).mkdir(parents=True)
-        (out / model / "metrics.json").write_text(json.dumps({"config": config}))
+        (out / model / "metrics.json").write_text(json.dumps({"config": config} | meta))
     row = {"test_acc_final": 80.0, "params": 2.5e6, "macs_m": 33.0, "epochs": 3}
     row |= {"train_img_s": 1.0, "infer_img_s": 2.0, "wall_minutes": 3.0, "budget_minutes": 40.0}
     row |= {"hardware": "some-cpu", "threads": 2}
@@ -74,6 +75,20 @@ def test_cifar_caption_says_how_the_models_were_trained(tmp_path):
         "(40 minutes per model; training in bfloat16 autocast, compiled, inference in float32)"
         in text
     )
+
+
+@pytest.mark.parametrize(
+    ("meta", "trained"),
+    [
+        ({"autocast": "float16"}, "float16 autocast"),  # recorded by the engine: amp auto on CUDA
+        ({"environment": {"hardware": {"device": "cpu"}}}, "float32"),  # older file, on a CPU
+    ],
+)
+def test_cifar_caption_resolves_amp_auto(tmp_path, meta, trained):
+    config = {"amp": "auto", "torch_compile": False}
+    _cifar_run(tmp_path, {"coc_x": config, "peer_y": config}, **meta)
+    text = report.render(tmp_path)
+    assert f"(40 minutes per model; training in {trained}, inference in float32)" in text
 
 
 def test_cifar_models_trained_differently_are_refused(tmp_path):

@@ -203,6 +203,7 @@ def test_stop_after_epochs_files_and_reloading_a_checkpoint(tree, tmp_path):
     assert part["epochs_done"] == 1 and not part["complete"]
     meta = json.loads((tmp_path / "results" / "run" / "metrics.json").read_text())
     assert meta["complete"] is False and meta["config"]["stop_after_epochs"] == 1
+    assert meta["autocast"] == "off", "amp='auto' trains in float32 on a CPU"
     assert (
         "git_commit" in meta["environment"]
         and meta["environment"]["versions"]["torch"] == torch.__version__
