@@ -570,8 +570,10 @@ def train(
         on_epoch_end: called with each epoch's metrics row, after the files are written.
 
     Returns a dict: ``config``, ``metrics`` (one dict per epoch), ``final`` (the last row),
-    ``epochs_done``, ``complete``, ``classes``, ``params``, ``out_dir``, ``ckpt_path``,
-    ``model`` (unwrapped, eval mode) and ``ema_model`` (or None).
+    ``epochs_done``, ``complete``, ``classes``, ``params``, ``autocast`` (the dtype training ran
+    in: "off", "bfloat16" or "float16"), ``out_dir``, ``ckpt_path``, ``model`` (unwrapped, eval
+    mode) and ``ema_model`` (or None). ``<out_dir>/metrics.json`` holds the same, without the
+    metrics rows and the models, plus the environment and the number of unreadable images skipped.
     """
     cfg = TrainConfig.from_dict(cfg)  # validates a TrainConfig too
     rank, world, local_rank, started_here = _init_distributed()
