@@ -721,11 +721,16 @@ class CenterCrop:
         return images[..., o : o + s, o : o + s]
 
 
-def train_transform(dataset: str, img_size: int, randaugment: str = "") -> TrainAugment:
-    """The training augmentation of a data set (pad-and-crop for CIFAR, resized crop otherwise)."""
+def train_transform(
+    dataset: str, img_size: int, randaugment: str = "", pad: int | None = None
+) -> TrainAugment:
+    """The training augmentation of a data set (pad-and-crop for CIFAR, resized crop otherwise).
+
+    ``pad``: the pad-and-crop margin in pixels (None: ``img_size // 8``; 0: flips only).
+    """
     spec = get_spec(dataset)
     return TrainAugment(
-        crop=spec.train_crop, img_size=img_size, randaugment=randaugment, mean=spec.mean
+        crop=spec.train_crop, img_size=img_size, randaugment=randaugment, mean=spec.mean, pad=pad
     )
 
 

@@ -65,6 +65,7 @@ class TrainConfig:
     max_per_class: int = 0  # training images kept per class (first in file order); 0: all
     max_test_per_class: int = 0  # evaluation images kept per class; 0: all
     max_classes: int = 0  # classes kept (first in sorted order); 0: all
+    crop_pad: int = -1  # pad-and-crop margin (CIFAR) in pixels; -1: img_size // 8; 0: flips only
     randaugment: str = ""  # timm RandAugment string such as "rand-m9-mstd0.5-inc1"; empty: off
     mixup: float = 0.0  # Mixup alpha; 0: off
     cutmix: float = 0.0  # CutMix alpha; 0: off
@@ -164,6 +165,7 @@ class TrainConfig:
             ("max_per_class", self.max_per_class >= 0, "an int >= 0 (0: all)"),
             ("max_test_per_class", self.max_test_per_class >= 0, "an int >= 0 (0: all)"),
             ("max_classes", self.max_classes >= 0, "an int >= 0 (0: all)"),
+            ("crop_pad", self.crop_pad >= -1, "an int >= 0, or -1 for img_size // 8"),
             ("num_workers", self.num_workers >= 0, "an int >= 0"),
             ("num_threads", self.num_threads >= 0, "an int >= 0 (0: torch's default)"),
             ("stop_after_epochs", self.stop_after_epochs >= 0, "an int >= 0 (0: run all epochs)"),
@@ -182,6 +184,11 @@ class TrainConfig:
         if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
             raise ConfigError(
                 f"batch_size={self.batch_size} must be even with mixup/cutmix; use an even batch."
+            )
+        if self.crop_pad != -1 and D.get_spec(self.dataset).train_crop != "pad":
+            raise ConfigError(
+                f"crop_pad={self.crop_pad} applies to pad-and-crop data sets (cifar10, cifar100); "
+                f"{self.dataset} uses a random resized crop: leave crop_pad at -1."
             )
         parse_model_kwargs(self.model_kwargs)
 
@@ -441,7 +448,13 @@ def build_data(cfg: TrainConfig, *, rank: int = 0) -> DataBundle:
     )
     return DataBundle(
         train=D.AugmentedImages(
-            train, D.train_transform(cfg.dataset, cfg.img_size, cfg.randaugment)
+            train,
+            D.train_transform(
+                cfg.dataset,
+                cfg.img_size,
+                cfg.randaugment,
+                pad=None if cfg.crop_pad == -1 else cfg.crop_pad,
+            ),
         ),
         test=D.AugmentedImages(test, D.CenterCrop(cfg.img_size)),
         classes=train.classes,

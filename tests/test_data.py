@@ -197,6 +197,11 @@ def test_pad_crop_flip_is_a_shifted_or_mirrored_copy_decided_by_the_seed():
         assert torch.equal(x, y) or torch.equal(x.flip(-1), y)
 
 
+def test_the_crop_margin_defaults_to_an_eighth_of_the_side():
+    assert D.train_transform("cifar10", 32).pad == 4
+    assert D.train_transform("cifar10", 32, pad=0).pad == 0
+
+
 def test_resized_crop_and_randaugment_are_seeded_per_image():
     images = torch.randint(0, 256, (4, 3, 18, 18), dtype=torch.uint8)
     aug = D.TrainAugment(crop="rrc", img_size=16, randaugment="rand-m9-mstd0.5-inc1")

@@ -104,6 +104,7 @@ def test_unknown_key_is_rejected_with_a_suggestion():
             r"warmup_epochs=-1 is not valid; expected an int >= 0",
         ),
         ("model_kwargs", "fold", r"'fold' is not key=value"),
+        ("crop_pad", -2, r"crop_pad=-2 is not valid; expected an int >= 0, or -1"),
     ],
 )
 def test_bad_values_are_rejected_before_training(tmp_path, key, value, message):
@@ -111,6 +112,29 @@ def test_bad_values_are_rejected_before_training(tmp_path, key, value, message):
     with pytest.raises(T.ConfigError, match=message):
         T.train({"out_dir": str(out), key: value})
     assert not out.exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_the_crop_margin_is_a_choice_for_pad_and_crop_data_sets_only():
+    assert T.TrainConfig.from_dict({"dataset": "cifar10", "crop_pad": 0}).crop_pad == 0
+    with pytest.raises(
+        T.ConfigError,
+        match=r"crop_pad=2 applies to pad-and-crop data sets .* imagenette uses a random "
+        r"resized crop: leave crop_pad at -1",
+    ):
+        T.TrainConfig.from_dict({"dataset": "imagenette", "crop_pad": 2})
+
+
+@pytest.mark.parametrize(("crop_pad", "pad"), [(-1, 2), (0, 0), (3, 3)])
+def test_the_engine_gives_the_crop_margin_to_the_augmentation(tree, monkeypatch, crop_pad, pad):
+    real = D.load_split  # a CIFAR-10 config, served from the small folder tree
+
+    def load_split(dataset, split, **kw):
+        assert dataset == "cifar10"
+        return real("folder", split, **(kw | {"data_path": str(tree), "download": False}))
+
+    monkeypatch.setattr(D, "load_split", load_split)
+    cfg = T.TrainConfig.from_dict({"img_size": 16, "crop_pad": crop_pad, "progress": False})
+    assert T.build_data(cfg).train.transform.pad == pad  # -1: 16 // 8
 
 
 def test_ints_are_accepted_for_floats_and_model_kwargs_parse():
