@@ -74,7 +74,8 @@ def _cifar(results: Path) -> str | None:
         else "the same epochs"
     )
     return (
-        _md(shown, 1) + f"\n\nSame recipe and budget ({budget}{_precision(results, df)}); {where}."
+        _md(shown, 1)
+        + f"\n\nSame recipe and budget ({budget}{_how_trained(results, df)}); {where}."
     )
 
 
@@ -93,23 +94,36 @@ def _autocast(meta: dict) -> str:
     return {"bf16": "bfloat16", "fp16": "float16", "off": "off"}.get(amp, f"amp {amp}")
 
 
-def _precision(results: Path, df: pd.DataFrame) -> str:
-    """How the chapter-4 models were trained (autocast, torch.compile), from their metrics.json."""
+def _crop(meta: dict) -> str:
+    """The training crop of a chapter-4 run, from its config (no ``crop_pad``: img_size // 8)."""
+    config = meta["config"]
+    pad = config.get("crop_pad", -1)
+    if pad == -1:
+        pad = config.get("img_size", 32) // 8
+    return "flips only" if pad == 0 else f"random {pad} px crop and flips"
+
+
+def _how_trained(results: Path, df: pd.DataFrame) -> str:
+    """How the chapter-4 models were trained (crop, autocast, torch.compile), from metrics.json."""
     metas = []
     for model in df["model"]:
         path = results / "04_cifar10" / model / "metrics.json"
         if not path.is_file():
             return ""
         metas.append(json.loads(path.read_text()))
+    crops = {_crop(m) for m in metas}
     dtypes = {_autocast(m) for m in metas}
     compiled = {bool(m["config"].get("torch_compile", False)) for m in metas}
-    if len(dtypes) > 1 or len(compiled) > 1:
+    if len(crops) > 1 or len(dtypes) > 1 or len(compiled) > 1:
         raise ValueError(
-            f"chapter 4's models were trained differently: autocast {dtypes}, compiled {compiled}"
+            f"chapter 4's models were trained differently: crop {crops}, autocast {dtypes}, "
+            f"compiled {compiled}"
         )
-    dtype, compiled = dtypes.pop(), compiled.pop()
+    crop, dtype, compiled = crops.pop(), dtypes.pop(), compiled.pop()
     trained = "float32" if dtype == "off" else f"{dtype} autocast"
-    return f"; training in {trained}{', compiled' if compiled else ''}, inference in float32"
+    return (
+        f"; {crop}; training in {trained}{', compiled' if compiled else ''}, inference in float32"
+    )
 
 
 def _imagenette(results: Path) -> str | None:

@@ -72,9 +72,19 @@ def test_cifar_caption_says_how_the_models_were_trained(tmp_path):
     _cifar_run(tmp_path, {"coc_x": config, "peer_y": config})
     text = report.render(tmp_path)
     assert (
-        "(40 minutes per model; training in bfloat16 autocast, compiled, inference in float32)"
-        in text
+        "(40 minutes per model; random 4 px crop and flips; training in bfloat16 autocast, "
+        "compiled, inference in float32)" in text
     )
+
+
+@pytest.mark.parametrize(
+    ("crop", "shown"),
+    [({"crop_pad": 0}, "flips only"), ({"crop_pad": 2}, "random 2 px crop and flips")],
+)
+def test_cifar_caption_names_the_training_crop(tmp_path, crop, shown):
+    config = {"amp": "off", "torch_compile": False} | crop
+    _cifar_run(tmp_path, {"coc_x": config, "peer_y": config})
+    assert f"(40 minutes per model; {shown}; training in float32, " in report.render(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -88,17 +98,13 @@ def test_cifar_caption_resolves_amp_auto(tmp_path, meta, trained):
     config = {"amp": "auto", "torch_compile": False}
     _cifar_run(tmp_path, {"coc_x": config, "peer_y": config}, **meta)
     text = report.render(tmp_path)
-    assert f"(40 minutes per model; training in {trained}, inference in float32)" in text
+    assert f"; training in {trained}, inference in float32)" in text
 
 
-def test_cifar_models_trained_differently_are_refused(tmp_path):
-    _cifar_run(
-        tmp_path,
-        {
-            "coc_x": {"amp": "bf16", "torch_compile": True},
-            "peer_y": {"amp": "off", "torch_compile": True},
-        },
-    )
+@pytest.mark.parametrize("peer", [{"amp": "off"}, {"crop_pad": 0}, {"torch_compile": False}])
+def test_cifar_models_trained_differently_are_refused(tmp_path, peer):
+    config = {"amp": "bf16", "torch_compile": True}
+    _cifar_run(tmp_path, {"coc_x": config, "peer_y": config | peer})
     with pytest.raises(ValueError, match="trained differently"):
         report.render(tmp_path)
 
