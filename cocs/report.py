@@ -55,10 +55,12 @@ def _cifar(results: Path) -> str | None:
     if not path.is_file():
         return None
     df = pd.read_csv(path)
+    columns = {"model": df["model"], "test acc. (%)": df["test_acc_final"]}
+    if "test_acc_flip" in df:  # chapter 4's runs before flip test-time augmentation lack it
+        columns["with flip TTA (%)"] = df["test_acc_flip"]
     shown = pd.DataFrame(
-        {
-            "model": df["model"],
-            "test acc. (%)": df["test_acc_final"],
+        columns
+        | {
             "params (M)": df["params"] / 1e6,
             "MACs (M)": df["macs_m"],
             "epochs": df["epochs"],
@@ -73,9 +75,14 @@ def _cifar(results: Path) -> str | None:
         if "budget_minutes" in df and df["budget_minutes"].iloc[0] > 0
         else "the same epochs"
     )
+    tta = (
+        " Flip TTA: each test image and its mirror, the two predicted distributions averaged."
+        if "test_acc_flip" in df
+        else ""
+    )
     return (
         _md(shown, 1)
-        + f"\n\nSame recipe and budget ({budget}{_how_trained(results, df)}); {where}."
+        + f"\n\nSame recipe and budget ({budget}{_how_trained(results, df)}); {where}.{tta}"
     )
 
 

@@ -74,6 +74,7 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 128  # global batch, over all processes
     eval_batch_size: int = 0  # 0: 2 * batch_size
+    eval_flip: bool = False  # also test the finished model on each image and its mirror
     opt: str = "adamw"  # a timm optimizer name
     lr: float = 2e-3  # peak learning rate (not rescaled with the batch size)
     min_lr: float = 1e-5  # learning rate at the end of the cosine
@@ -267,6 +268,7 @@ RUN_ONLY_KEYS = frozenset(
         "num_workers",
         "num_threads",
         "progress",
+        "eval_flip",
         "torch_compile",
         "device",
         "download",
@@ -514,8 +516,13 @@ def evaluate(
     mean,
     std,
     amp_dtype: torch.dtype | None = None,
+    flip: bool = False,
 ) -> tuple[float, float, int]:
-    """Mean cross-entropy, top-1 accuracy (%) and count over a loader (summed over processes)."""
+    """Mean cross-entropy, top-1 accuracy (%) and count over a loader (summed over processes).
+
+    ``flip=True`` is test-time augmentation by horizontal flips: the model sees each image and
+    its mirror, and the two predicted class distributions are averaged.
+    """
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     with torch.no_grad():
@@ -526,8 +533,12 @@ def evaluate(
             )
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(x)
-            totals[0] += nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
-            totals[1] += (logits.argmax(1) == y).sum()
+                mirrored = model(x.flip(3)) if flip else None
+            log_p = logits.float().log_softmax(1)  # (B, classes)
+            if flip:  # the log of the mean of the two distributions
+                log_p = torch.logaddexp(log_p, mirrored.float().log_softmax(1)) - math.log(2)
+            totals[0] += nn.functional.nll_loss(log_p, y, reduction="sum").double()
+            totals[1] += (log_p.argmax(1) == y).sum()
             totals[2] += len(y)
     if dist.is_initialized():
         dist.all_reduce(totals)
@@ -583,7 +594,8 @@ def train(
         on_epoch_end: called with each epoch's metrics row, after the files are written.
 
     Returns a dict: ``config``, ``metrics`` (one dict per epoch), ``final`` (the last row),
-    ``epochs_done``, ``complete``, ``classes``, ``params``, ``autocast`` (the dtype training ran
+    ``final_flip`` (with ``eval_flip``: the last model's test loss and accuracy with flip
+    test-time augmentation, else None), ``epochs_done``, ``complete``, ``classes``, ``params``, ``autocast`` (the dtype training ran
     in: "off", "bfloat16" or "float16"), ``out_dir``, ``ckpt_path``, ``model`` (unwrapped, eval
     mode) and ``ema_model`` (or None). ``<out_dir>/metrics.json`` holds the same, without the
     metrics rows and the models, plus the environment and the number of unreadable images skipped.
@@ -831,10 +843,26 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
         if on_epoch_end is not None:
             on_epoch_end(dict(row))
 
+    final_flip = None
+    if cfg.eval_flip and rows:  # the finished (or stopped) model, also when a run is reloaded
+        eval_sampler = D.EpochBatchSampler(
+            len(bundle.test), eval_bs, shuffle=False, drop_last=False, rank=rank, world_size=world
+        )
+        loss, acc, _ = evaluate(
+            model,
+            D.make_loader(bundle.test, eval_sampler, cfg.num_workers, pin_memory=pin),
+            device=device,
+            mean=bundle.mean,
+            std=bundle.std,
+            amp_dtype=amp_dtype,
+            flip=True,
+        )
+        final_flip = {"epoch": len(rows), "test_loss": loss, "test_acc": acc}
     result = {
         "config": asdict(cfg),
         "metrics": rows,
         "final": rows[-1] if rows else None,
+        "final_flip": final_flip,
         "epochs_done": len(rows),
         "complete": len(rows) >= cfg.epochs,
         "classes": bundle.classes,
@@ -922,7 +950,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     except (ConfigError, D.DataError) as err:
         sys.exit(f"error: {err}")
     if int(os.environ.get("RANK", "0")) == 0 and result["final"] is not None:
-        print(json.dumps({"out_dir": result["out_dir"], **result["final"]}))
+        flip = result["final_flip"]
+        extra = {"test_acc_flip": flip["test_acc"]} if flip else {}
+        print(json.dumps({"out_dir": result["out_dir"], **result["final"], **extra}))
     return result
 
 

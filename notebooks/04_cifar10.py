@@ -49,7 +49,7 @@ lr = 2.0e-3  # peak AdamW learning rate, cosine to min_lr after a linear warm-up
 weight_decay = 0.05
 warmup_epochs = 1
 label_smoothing = 0.1
-crop_pad = -1  # random-crop margin in pixels; -1: img_size // 8 (4 px); 0: flips only
+crop_pad = 1  # random-crop margin in pixels; -1: img_size // 8 (4 px); 0: flips only
 drop_path = 0.0  # stochastic depth (a short schedule needs no more regularisation)
 randaugment = ""  # a timm RandAugment string such as "rand-m9-mstd0.5-inc1"; empty: off
 mixup = 0.0  # Mixup alpha; 0: off
@@ -60,6 +60,7 @@ max_test_per_class = 0  # test images per class; 0: all 1000
 num_threads = 0  # torch CPU threads; 0: all cores
 amp = "bf16"  # autocast dtype: bf16, fp16 (CUDA only), off, or auto (off on a CPU); see below
 torch_compile = True  # torch.compile the training steps (compiling takes a minute or two per model)
+eval_flip = True  # also test each finished model with flip test-time augmentation (see below)
 models = "coc_cifar,resnet_cifar,vit_cifar"
 seed = 0
 results_dir = "results"
@@ -137,6 +138,9 @@ sizes[["params_m", "macs_m"]].round(2)
 #
 # Each model is trained by the same engine with the same flat configuration: AdamW with a
 # cosine schedule and warm-up, pad-and-crop with flips, label smoothing, the same batch size.
+# The crop is milder than the usual 4 px (`crop_pad = 1`): a schedule of some twenty epochs
+# is too short for a strong augmentation to pay off, while flips alone overfit after about ten
+# (the `full` profile keeps 4 px for its 200 epochs; item 4 of "Try it" compares them).
 # Only the model name, the output folder and, under a time budget, the number of epochs
 # differ. The engine writes a metrics row per epoch and a checkpoint, so an interrupted run
 # resumes, and a finished one is reloaded without training.
@@ -320,6 +324,13 @@ for name, rate in infer.items():
 # Final accuracy is the last epoch's; best is the highest of any epoch (reported for
 # information: choosing it uses the test set). Wall time is training plus evaluation of
 # every epoch, as the engine recorded it.
+#
+# `test_acc_flip` (with `eval_flip = True`) tests the finished model once more with flip
+# test-time augmentation: it sees every test image and its mirror image, and the two predicted
+# class distributions are averaged. A model trained with random flips has learned both views,
+# and averaging them removes part of its noise. It is a common way to report CIFAR accuracy,
+# but it doubles the cost of inference, so both numbers are shown; the learning curves and
+# `test_acc_final` are single views.
 
 # %%
 comparison = pd.DataFrame(
@@ -327,6 +338,7 @@ comparison = pd.DataFrame(
         {
             "model": name,
             "test_acc_final": r["final"]["test_acc"],
+            "test_acc_flip": r["final_flip"]["test_acc"] if r["final_flip"] else float("nan"),
             "test_acc_best": max(row["test_acc"] for row in r["metrics"]),
             "params": int(sizes.loc[name, "params"]),
             "params_m": sizes.loc[name, "params_m"],
@@ -369,11 +381,18 @@ reported
 
 # %%
 if "coc_cifar" in runs:
-    coc_acc = comparison.set_index("model").loc["coc_cifar", "test_acc_final"]
-    reached = bool(coc_acc >= TARGET)
+    coc = comparison.set_index("model").loc["coc_cifar"]
+    single, flipped = coc["test_acc_final"], coc["test_acc_flip"]
+    if single >= TARGET:
+        outcome = "MET on single images"
+    elif flipped >= TARGET:
+        outcome = "met only with flip test-time augmentation, NOT on single images"
+    else:
+        outcome = "NOT met"
+    with_flip = f", {flipped:.2f}% with flip test-time augmentation" if eval_flip else ""
     verdict = (
-        f"coc_cifar reached {coc_acc:.2f}% test accuracy ({plan['coc_cifar'][0]} epochs): the "
-        f"{TARGET:.0f}% target was {'MET' if reached else 'NOT met'} "
+        f"coc_cifar reached {single:.2f}% test accuracy on single images{with_flip} "
+        f"({plan['coc_cifar'][0]} epochs): the {TARGET:.0f}% target was {outcome} "
         f"(training images: {runs['coc_cifar']['train_images']}, threads: {threads})."
     )
 else:
@@ -413,6 +432,6 @@ atomic_write_text(out / "comparison.md", text)
 #    `python -m cocs.train --model coc_cifar --model_kwargs "proposal_w=1,proposal_h=1"
 #    --out_dir results/try/one_centre`, adding `--epochs` and the other settings of the
 #    parameters cell, and compare with the table above.
-# 4. The random crop is a regulariser. Set `crop_pad = 0` (flips only) or `crop_pad = 2` and
-#    follow `coc_cifar`'s training and test accuracy epoch by epoch in its `metrics.csv`:
+# 4. The random crop is a regulariser. Set `crop_pad = 0` (flips only) or `crop_pad = -1`
+#    (4 px) and follow `coc_cifar`'s training and test accuracy epoch by epoch in its `metrics.csv`:
 #    which setting learns faster at first, and when does each start to overfit?

@@ -54,7 +54,7 @@ def test_compiled_columns_are_blank_where_not_measured(tmp_path):
     assert x[-2:] == ["2.1", "239"] and y[-2:] == ["", ""]
 
 
-def _cifar_run(results, configs, **meta):
+def _cifar_run(results, configs, extra_columns=None, **meta):
     """A chapter-4 comparison.csv and one metrics.json per model with the given configs
     (and ``meta``, further metrics.json keys shared by every model)."""
     out = results / "04_cifar10"
@@ -62,6 +62,7 @@ def _cifar_run(results, configs, **meta):
         (out / model).mkdir(parents=True)
         (out / model / "metrics.json").write_text(json.dumps({"config": config} | meta))
     row = {"test_acc_final": 80.0, "params": 2.5e6, "macs_m": 33.0, "epochs": 3}
+    row |= extra_columns or {}
     row |= {"train_img_s": 1.0, "infer_img_s": 2.0, "wall_minutes": 3.0, "budget_minutes": 40.0}
     row |= {"hardware": "some-cpu", "threads": 2}
     pd.DataFrame([{"model": m, **row} for m in configs]).to_csv(out / "comparison.csv", index=False)
@@ -75,6 +76,19 @@ def test_cifar_caption_says_how_the_models_were_trained(tmp_path):
         "(40 minutes per model; random 4 px crop and flips; training in bfloat16 autocast, "
         "compiled, inference in float32)" in text
     )
+
+
+def test_cifar_table_shows_flip_tta_where_measured(tmp_path):
+    config = {"amp": "off", "torch_compile": False}
+    _cifar_run(tmp_path / "old", {"coc_x": config})
+    assert "flip TTA" not in report.render(tmp_path / "old")  # comparison.csv without the column
+    _cifar_run(tmp_path / "new", {"coc_x": config}, {"test_acc_flip": 81.25})
+    text = report.render(tmp_path / "new")
+    lines = text[text.index("| model") :].splitlines()
+    header, row = ([c.strip() for c in line.split("|")[1:-1]] for line in (lines[0], lines[2]))
+    assert header[1:3] == ["test acc. (%)", "with flip TTA (%)"]
+    assert row[:3] == ["coc_x", "80", "81.2"]
+    assert "Flip TTA: each test image and its mirror" in text
 
 
 @pytest.mark.parametrize(

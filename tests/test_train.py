@@ -257,6 +257,25 @@ def test_stop_after_epochs_files_and_reloading_a_checkpoint(tree, tmp_path):
     assert n == 12 and loss == pytest.approx(done["final"]["test_loss"], abs=1e-6)
     T.load_trained(ckpt_dir / "epoch_001.pt", ema=True)
 
+    # Flip test-time augmentation: the mean of the distributions for each image and its mirror.
+    flip_loss, flip_acc, _ = T.evaluate(
+        model, loader, device=torch.device("cpu"), mean=spec.mean, std=spec.std, flip=True
+    )
+    x, y = test.__getitems__(list(range(12)))
+    x = D.normalize(x, spec.mean, spec.std)
+    with torch.no_grad():
+        p = (model(x).softmax(1) + model(x.flip(3)).softmax(1)) / 2  # (12, classes)
+    assert flip_loss != pytest.approx(loss, abs=1e-6), "the mirror must change the prediction"
+    assert flip_loss == pytest.approx(-p[torch.arange(12), y].log().mean().item(), rel=1e-5)
+    assert flip_acc == pytest.approx(100.0 * (p.argmax(1) == y).float().mean().item())
+    # ... asked of a finished run, which is reloaded (eval_flip does not change the training)
+    assert done["final_flip"] is None
+    reloaded = T.train(cfg | {"stop_after_epochs": 0, "eval_flip": True})
+    assert reloaded["epochs_done"] == 2 and reloaded["final"] == done["final"]
+    assert reloaded["final_flip"]["test_loss"] == pytest.approx(flip_loss, rel=1e-6)
+    meta = json.loads((tmp_path / "results" / "run" / "metrics.json").read_text())
+    assert meta["final_flip"]["test_acc"] == pytest.approx(flip_acc)
+
 
 # ---- two processes --------------------------------------------------------------------------
 
