@@ -718,6 +718,24 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
 
     eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
     pin = device.type == "cuda"
+
+    def test(which: nn.Module, flip: bool = False) -> tuple[float, float]:
+        """Test loss and accuracy of ``which`` over the whole test split (all processes)."""
+        sampler = D.EpochBatchSampler(
+            len(bundle.test), eval_bs, shuffle=False, drop_last=False, rank=rank, world_size=world
+        )
+        loader = D.make_loader(bundle.test, sampler, cfg.num_workers, pin_memory=pin)
+        loss, acc, _ = evaluate(
+            which,
+            loader,
+            device=device,
+            mean=bundle.mean,
+            std=bundle.std,
+            amp_dtype=amp_dtype,
+            flip=flip,
+        )
+        return loss, acc
+
     epochs_run = 0
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.stop_after_epochs and epochs_run >= cfg.stop_after_epochs:
@@ -787,26 +805,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
             "train_loss": train_loss / seen,
             "train_acc": 100.0 * train_correct / seen,  # against the unmixed labels
         }
-        eval_sampler = D.EpochBatchSampler(
-            len(bundle.test), eval_bs, shuffle=False, drop_last=False, rank=rank, world_size=world
-        )
-        row["test_loss"], row["test_acc"], _ = evaluate(
-            model,
-            D.make_loader(bundle.test, eval_sampler, cfg.num_workers, pin_memory=pin),
-            device=device,
-            mean=bundle.mean,
-            std=bundle.std,
-            amp_dtype=amp_dtype,
-        )
+        row["test_loss"], row["test_acc"] = test(model)
         if ema is not None:
-            row["ema_test_loss"], row["ema_test_acc"], _ = evaluate(
-                ema.module,
-                D.make_loader(bundle.test, eval_sampler, cfg.num_workers, pin_memory=pin),
-                device=device,
-                mean=bundle.mean,
-                std=bundle.std,
-                amp_dtype=amp_dtype,
-            )
+            row["ema_test_loss"], row["ema_test_acc"] = test(ema.module)
         row["train_seconds"] = train_seconds
         row["epoch_seconds"] = time.perf_counter() - t0
         row["images_per_s"] = seen / train_seconds
@@ -845,18 +846,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
 
     final_flip = None
     if cfg.eval_flip and rows:  # the finished (or stopped) model, also when a run is reloaded
-        eval_sampler = D.EpochBatchSampler(
-            len(bundle.test), eval_bs, shuffle=False, drop_last=False, rank=rank, world_size=world
-        )
-        loss, acc, _ = evaluate(
-            model,
-            D.make_loader(bundle.test, eval_sampler, cfg.num_workers, pin_memory=pin),
-            device=device,
-            mean=bundle.mean,
-            std=bundle.std,
-            amp_dtype=amp_dtype,
-            flip=True,
-        )
+        loss, acc = test(model, flip=True)
         final_flip = {"epoch": len(rows), "test_loss": loss, "test_acc": acc}
     result = {
         "config": asdict(cfg),
