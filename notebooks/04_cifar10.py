@@ -43,7 +43,7 @@
 
 # %% tags=["parameters"]
 epochs = 0  # the same for every model; 0: as many as fit in budget_minutes, per model
-budget_minutes = 39.0  # wall-clock minutes of training and evaluation per model (epochs = 0)
+budget_minutes = 39.0  # wall-clock minutes of training and evaluation per model, if epochs is 0
 batch_size = 128
 lr = 2.0e-3  # peak AdamW learning rate, cosine to min_lr after a linear warm-up
 weight_decay = 0.05

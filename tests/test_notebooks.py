@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from papermill.translators import PythonTranslator
 from PIL import Image
 
 from cocs import handbook
@@ -330,6 +331,12 @@ def test_source_conventions(name):
     index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     assert all(c.cell_type == "markdown" for c in nb.cells[:index]), (
         f"{name}: code runs before the parameters cell; put the parameters cell first"
+    )
+    # papermill reads the cell with its own parser, which an `=` in a comment can defeat
+    seen = [p.name for p in PythonTranslator.inspect(nb.cells[index])]
+    assert seen == list(params), (
+        f"{name}: papermill reads the parameters {seen}, not {list(params)}; "
+        "keep `=` out of the comments of the parameters cell"
     )
 
 
