@@ -595,10 +595,11 @@ def train(
 
     Returns a dict: ``config``, ``metrics`` (one dict per epoch), ``final`` (the last row),
     ``final_flip`` (with ``eval_flip``: the last model's test loss and accuracy with flip
-    test-time augmentation, else None), ``epochs_done``, ``complete``, ``classes``, ``params``, ``autocast`` (the dtype training ran
-    in: "off", "bfloat16" or "float16"), ``out_dir``, ``ckpt_path``, ``model`` (unwrapped, eval
-    mode) and ``ema_model`` (or None). ``<out_dir>/metrics.json`` holds the same, without the
-    metrics rows and the models, plus the environment and the number of unreadable images skipped.
+    test-time augmentation, else None), ``epochs_done``, ``complete``, ``classes``, ``params``,
+    ``autocast`` (the dtype training ran in: "off", "bfloat16" or "float16"), ``out_dir``,
+    ``ckpt_path``, ``model`` (unwrapped, eval mode) and ``ema_model`` (or None).
+    ``<out_dir>/metrics.json`` holds the same, without the metrics rows and the models, plus the
+    environment and the number of unreadable images skipped.
     """
     cfg = TrainConfig.from_dict(cfg)  # validates a TrainConfig too
     rank, world, local_rank, started_here = _init_distributed()

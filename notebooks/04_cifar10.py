@@ -433,5 +433,5 @@ atomic_write_text(out / "comparison.md", text)
 #    --out_dir results/try/one_centre`, adding `--epochs` and the other settings of the
 #    parameters cell, and compare with the table above.
 # 4. The random crop is a regulariser. Set `crop_pad = 0` (flips only) or `crop_pad = -1`
-#    (4 px) and follow `coc_cifar`'s training and test accuracy epoch by epoch in its `metrics.csv`:
-#    which setting learns faster at first, and when does each start to overfit?
+#    (4 px) and follow `coc_cifar`'s training and test accuracy epoch by epoch in its
+#    `metrics.csv`: which setting learns faster at first, and when does each start to overfit?
