@@ -382,7 +382,7 @@ reported
 # The target counts on single images, and under a time budget only if the model kept to it:
 # its epochs come from an estimate, which can be short of the real epochs, so the minutes it
 # actually trained (`wall_minutes`, the compiling first epoch included) are checked against
-# `budget_minutes`. A model that ran over had more time than its peers.
+# `budget_minutes`. A model that ran over had more time than the budget gives each model.
 
 # %%
 over_budget = [] if epochs else list(comparison.query("wall_minutes > budget_minutes")["model"])

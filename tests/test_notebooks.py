@@ -200,7 +200,8 @@ def _(out: Path):
         text,
     )
     assert re.search(r"This execution of the notebook took \d+\.\d minutes", text)
-    # the smoke profile's budget (about a second) is shorter than any epoch: all three ran over
+    # the smoke profile's budget (12 ms) is shorter than any epoch: all three ran over, and the
+    # report names them
     assert (comparison["wall_minutes"] > comparison["budget_minutes"]).all()
     assert "Over their time budget: coc_cifar, resnet_cifar, vit_cifar." in text
     assert "Reported elsewhere" in text and "lightweight-coc" in text
