@@ -387,8 +387,8 @@ reported
 # %%
 over_budget = [] if epochs else list(comparison.query("wall_minutes > budget_minutes")["model"])
 for name in over_budget:
-    row = comparison.set_index("model").loc[name]
-    print(f"{name} trained {row['wall_minutes']:.1f} minutes, over its {budget_minutes:g}")
+    minutes = comparison.set_index("model").loc[name, "wall_minutes"]
+    print(f"{name} trained {minutes:.1f} minutes, over its {budget_minutes:g}-minute budget")
 if "coc_cifar" in runs:
     coc = comparison.set_index("model").loc["coc_cifar"]
     single, flipped = coc["test_acc_final"], coc["test_acc_flip"]
