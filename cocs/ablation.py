@@ -33,7 +33,7 @@ class Ablation:
     model_kwargs: str  # cocs.train.parse_model_kwargs syntax; empty: the full model
 
 
-# coc_cifar: stages of 16, 8, 4, 2 points per side; heads (4, 4, 8, 8) of 16 channels; 2x2
+# coc_cifar: stages of 16, 8, 4, 2 points per side; heads (2, 2, 4, 4) of 32 channels; 2x2
 # centres per region in stages 1-3 and one in stage 4; regions of 4x4 points in stages 1-2
 # (folds 4 and 2), none after. Per-stage tuples below keep every other setting as it is.
 ABLATIONS = (

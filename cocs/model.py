@@ -632,8 +632,11 @@ def coc_cifar(pretrained: bool = False, **kwargs) -> ContextCluster:
                 layers=(2, 2, 4, 2),
                 embed_dims=(32, 64, 128, 256),
                 mlp_ratios=(4, 4, 4, 4),
-                heads=(4, 4, 8, 8),
-                head_dim=16,
+                # heads of 32 channels, as in the paper's CoC-Small and -Medium: the same
+                # channels in half as many clustering groups as 16-channel heads, which is
+                # faster on a CPU
+                heads=(2, 2, 4, 4),
+                head_dim=32,
                 proposal_w=(2, 2, 2, 1),
                 proposal_h=(2, 2, 2, 1),
                 fold_w=(4, 2, 1, 1),

@@ -5,7 +5,9 @@ command-line options and the keys of the saved files. ``train(cfg)`` builds the 
 (``timm.create_model`` after ``import cocs``, so every registered name works), AdamW with a
 cosine schedule and warm-up, and runs epochs that each end by evaluating, appending a row to
 ``<out_dir>/metrics.csv`` and saving ``<ckpt_dir>/last.pt``. A run that finds ``last.pt`` resumes
-from it and ends with the same metrics as an uninterrupted run.
+from it and ends with the same metrics as an uninterrupted run. With ``epochs=0`` the run gets a
+wall-clock budget instead (``budget_minutes``): after the warm-up, and again after every epoch,
+the engine measures what an epoch costs and lays the cosine out over as many epochs as fit.
 
 Under ``torchrun --nproc_per_node=N -m cocs.train ...`` the same code trains with
 DistributedDataParallel (NCCL on GPUs, gloo on CPUs); ``batch_size`` is the global batch, split
@@ -71,7 +73,8 @@ class TrainConfig:
     cutmix: float = 0.0  # CutMix alpha; 0: off
     label_smoothing: float = 0.1
     # optimisation
-    epochs: int = 30
+    epochs: int = 30  # 0: as many as fit into budget_minutes (see plan_epochs)
+    budget_minutes: float = 0.0  # with epochs=0: wall-clock minutes of training and evaluation
     batch_size: int = 128  # global batch, over all processes
     eval_batch_size: int = 0  # 0: 2 * batch_size
     eval_flip: bool = False  # also test the finished model on each image and its mirror
@@ -133,7 +136,8 @@ class TrainConfig:
         for f in fields(self):
             _check_type(f.name, getattr(self, f.name), f.type)
         rules = [
-            ("epochs", self.epochs >= 1, "an int >= 1"),
+            ("epochs", self.epochs >= 0, "an int >= 1, or 0 to plan them from budget_minutes"),
+            ("budget_minutes", self.budget_minutes >= 0, "a float >= 0 (minutes; 0: off)"),
             ("batch_size", self.batch_size >= 1, "an int >= 1"),
             ("eval_batch_size", self.eval_batch_size >= 0, "an int >= 0 (0: 2 * batch_size)"),
             ("img_size", self.img_size >= 1, "an int >= 1"),
@@ -182,6 +186,21 @@ class TrainConfig:
                 raise ConfigError(
                     f"{key}={getattr(self, key)!r} is not valid; expected {expected}."
                 )
+        if self.epochs == 0 and self.budget_minutes == 0:
+            raise ConfigError(
+                "epochs=0 plans the epochs from a time budget, but budget_minutes is 0; "
+                "set epochs >= 1 or budget_minutes > 0."
+            )
+        if self.epochs > 0 and self.budget_minutes > 0:
+            raise ConfigError(
+                f"budget_minutes={self.budget_minutes} applies only with epochs=0 (now "
+                f"{self.epochs}); set one of them to 0."
+            )
+        if self.epochs == 0 and self.warmup_epochs == 0:
+            raise ConfigError(
+                "epochs=0 needs warmup_epochs >= 1: the epochs are planned after the warm-up, "
+                "whose learning rates do not depend on the total; set warmup_epochs=1."
+            )
         if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
             raise ConfigError(
                 f"batch_size={self.batch_size} must be even with mixup/cutmix; use an even batch."
@@ -584,6 +603,28 @@ def load_trained(
 # --------------------------------------------------------------------------------------------
 
 
+# Safety factor on the measured cost of an epoch when planning to a time budget: epochs on a
+# shared CPU vary by a few per cent from one to the next.
+PLAN_MARGIN = 1.05
+
+
+def plan_epochs(
+    done: int, spent_seconds: float, epoch_seconds: float, budget_seconds: float
+) -> int:
+    """The total number of epochs of a run under a time budget, planned after epoch ``done``.
+
+    ``spent_seconds`` is the time of the epochs done so far (the compiling first step included),
+    ``epoch_seconds`` the recent cost of one epoch. The epochs that still fit, each counted
+    :data:`PLAN_MARGIN` times its cost, are added to ``done`` (never fewer than ``done``).
+    The engine plans again after every epoch past the warm-up, laying its cosine out over the
+    new total, so that a machine that slows down or speeds up is followed.
+    """
+    if epoch_seconds <= 0:
+        raise ValueError(f"epoch_seconds={epoch_seconds} must be > 0")
+    left = budget_seconds - spent_seconds
+    return done + max(0, int(left // (PLAN_MARGIN * epoch_seconds)))
+
+
 def train(
     cfg: TrainConfig | Mapping, *, on_epoch_end: Callable[[dict], None] | None = None
 ) -> dict:
@@ -595,7 +636,8 @@ def train(
 
     Returns a dict: ``config``, ``metrics`` (one dict per epoch), ``final`` (the last row),
     ``final_flip`` (with ``eval_flip``: the last model's test loss and accuracy with flip
-    test-time augmentation, else None), ``epochs_done``, ``complete``, ``classes``, ``params``,
+    test-time augmentation, else None), ``epochs_done``, ``epochs_planned`` (``epochs``, or
+    under a time budget the last plan), ``complete``, ``classes``, ``params``,
     ``autocast`` (the dtype training ran in: "off", "bfloat16" or "float16"), ``out_dir``,
     ``ckpt_path``, ``model`` (unwrapped, eval mode) and ``ema_model`` (or None).
     ``<out_dir>/metrics.json`` holds the same, without the metrics rows and the models, plus the
@@ -653,14 +695,22 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
         model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay
     )
     t_scale = steps_per_epoch if cfg.sched_on_steps else 1
-    scheduler = timm.scheduler.CosineLRScheduler(
-        optimizer,
-        t_initial=cfg.epochs * t_scale,
-        lr_min=cfg.min_lr,
-        warmup_t=cfg.warmup_epochs * t_scale,
-        warmup_lr_init=cfg.warmup_lr,
-        t_in_epochs=not cfg.sched_on_steps,
-    )
+
+    def make_scheduler(total: int) -> timm.scheduler.CosineLRScheduler:
+        return timm.scheduler.CosineLRScheduler(
+            optimizer,
+            t_initial=total * t_scale,
+            lr_min=cfg.min_lr,
+            warmup_t=cfg.warmup_epochs * t_scale,
+            warmup_lr_init=cfg.warmup_lr,
+            t_in_epochs=not cfg.sched_on_steps,
+        )
+
+    # Under a time budget the total is planned after the warm-up (see plan_epochs); until then a
+    # provisional one, which changes no learning rate: warm-up rates do not depend on the total.
+    budgeted = cfg.epochs == 0
+    total = cfg.warmup_epochs + 1 if budgeted else cfg.epochs
+    scheduler = make_scheduler(total)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     mixup = None
     if cfg.mixup > 0 or cfg.cutmix > 0:
@@ -693,6 +743,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
                 "delete it, or pass resume=False to start afresh."
             )
         model.load_state_dict(ckpt["model"])
+        total = int(ckpt.get("epochs_planned", total))
+        scheduler = make_scheduler(total)  # before the optimizer's state: it sets the rates
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         if ema is not None:
@@ -705,7 +757,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
             _set_rng_state(states[rank], device)
         else:  # another process count: randomness cannot continue identically
             seed_everything(cfg.seed + rank + 1000 * start_epoch)
-        if start_epoch >= cfg.epochs:
+        if start_epoch >= total:
             env = ckpt.get("env", env)
     net = model
     if world > 1:
@@ -738,7 +790,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
         return loss, acc
 
     epochs_run = 0
-    for epoch in range(start_epoch, cfg.epochs):
+    epoch = start_epoch
+    while epoch < total:
         if cfg.stop_after_epochs and epochs_run >= cfg.stop_after_epochs:
             break
         if not cfg.sched_on_steps:
@@ -752,7 +805,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
         t0 = time.perf_counter()
         bar = tqdm(
             loader,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            desc=f"epoch {epoch + 1}/{total}",
             leave=False,
             disable=not (cfg.progress and is_main),
         )
@@ -790,6 +843,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
             totals[2] += len(y)
             if cfg.progress and is_main and step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
+            if step == 0:  # the first step of a process compiles (torch_compile)
+                first_step_seconds = time.perf_counter() - t0
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - t0
@@ -812,8 +867,37 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
         row["train_seconds"] = train_seconds
         row["epoch_seconds"] = time.perf_counter() - t0
         row["images_per_s"] = seen / train_seconds
+        if budgeted:
+            # the epoch's cost with its first step counted as an ordinary one
+            ordinary = (
+                (train_seconds - first_step_seconds) / (steps_per_epoch - 1)
+                if steps_per_epoch > 1
+                else first_step_seconds
+            )
+            row["steady_seconds"] = row["epoch_seconds"] - first_step_seconds + ordinary
+            if epoch + 1 >= cfg.warmup_epochs:
+                recent = [r["steady_seconds"] for r in [*rows, row][-3:]]
+                planned = plan_epochs(
+                    epoch + 1,
+                    sum(r["epoch_seconds"] for r in [*rows, row]),
+                    sum(recent) / len(recent),
+                    60.0 * cfg.budget_minutes,
+                )
+                if world > 1:  # every process follows rank 0's plan
+                    shared = torch.tensor([planned], dtype=torch.int64, device=device)
+                    dist.broadcast(shared, src=0)
+                    planned = int(shared.item())
+                planned = max(planned, epoch + 1)  # the epochs done stay done
+                if planned != total:
+                    total = planned
+                    scheduler = make_scheduler(total)
+                    if cfg.sched_on_steps:
+                        scheduler.step_update((epoch + 1) * steps_per_epoch)
+                    row["lr"] = optimizer.param_groups[0]["lr"]
+            row["epochs_planned"] = total
         rows.append(row)
         epochs_run += 1
+        epoch += 1
 
         states = [_rng_state(device)]
         if world > 1:
@@ -826,7 +910,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
                 "scheduler": scheduler.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None,
                 "scaler": scaler.state_dict() if scaler is not None else None,
-                "epoch": epoch + 1,
+                "epoch": epoch,
+                "epochs_planned": total,
                 "rng": states,
                 "config": asdict(cfg),
                 "metrics": rows,
@@ -837,11 +922,11 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
             if cfg.keep_epoch_ckpts:
                 _save(
                     {k: ckpt[k] for k in ("model", "ema", "epoch", "config", "classes", "env")},
-                    ckpt_dir / f"epoch_{epoch + 1:03d}.pt",
+                    ckpt_dir / f"epoch_{epoch:03d}.pt",
                 )
             write_metrics_csv(out_dir / "metrics.csv", rows)
             if cfg.progress:
-                tqdm.write(_describe(row, cfg.epochs))
+                tqdm.write(_describe(row, total))
         if on_epoch_end is not None:
             on_epoch_end(dict(row))
 
@@ -855,7 +940,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
         "final": rows[-1] if rows else None,
         "final_flip": final_flip,
         "epochs_done": len(rows),
-        "complete": len(rows) >= cfg.epochs,
+        "epochs_planned": total,
+        "complete": len(rows) >= total,
         "classes": bundle.classes,
         "params": n_params,
         "train_images": n_train,

@@ -28,11 +28,10 @@
 # `resnet_cifar` (BasicBlocks, a 3x3 stride-1 stem) and `vit_cifar` (4x4 patches), one after
 # the other with one training engine, `cocs.train.train`, and the same settings. On a CPU the
 # budget is wall-clock time: each model gets `budget_minutes` of training and evaluation, and
-# as many epochs as its measured step time fits into them, so the chapter aims at about two
-# hours on a two-core CPU whatever the models' speeds (an estimate: a machine that slows down
-# during the run overshoots it; the wall time actually spent is in the results). The `full` profile of
-# `notebooks/profiles.yaml` fixes the epochs instead (the long GPU recipe). A finished run is
-# reloaded, not redone; an interrupted one resumes with the epochs it started with.
+# as many epochs as fit into them at the speed the engine measures while it trains, so the
+# chapter takes about two hours on a two-core CPU whatever the models' speeds. The `full`
+# profile of `notebooks/profiles.yaml` fixes the epochs instead (the long GPU recipe). A
+# finished run is reloaded, not redone; an interrupted one resumes with its plan.
 # It writes, under `results/04_cifar10/`:
 #
 # - `<model>/metrics.csv` and `<model>/metrics.json`: one row per epoch, config, environment
@@ -66,6 +65,7 @@ seed = 0
 results_dir = "results"
 
 # %%
+import math
 import statistics
 import time
 
@@ -80,7 +80,7 @@ import cocs
 from cocs.bench import hardware_name
 from cocs.handbook import atomic_write_text, results_path, save_figure, write_csv
 from cocs.paper import table
-from cocs.train import TrainConfig, resolve_ckpt_dir, train
+from cocs.train import TrainConfig, train
 
 if num_threads:
     torch.set_num_threads(num_threads)
@@ -153,82 +153,21 @@ sizes[["params_m", "macs_m"]].round(2)
 # `torch_compile = True` compiles each model's training step with `torch.compile`, which fuses
 # element-wise work; compiling takes a minute or two per model, counted in its budget.
 #
-# **The budget.** With `epochs = 0` every model gets the same wall-clock time. Before training,
-# each model's training step (forward, backward, AdamW) and evaluation pass are timed on
-# random batches of the real shape; an epoch's cost is estimated from them, and the model gets
-# as many whole epochs as fit into `budget_minutes` after the compile time (at least one). The
-# first, compiling step is timed too and subtracted once. The estimate is padded by
-# 15% for data loading, augmentation, the smaller last batch (compiled once more) and a machine
-# that slows down during the run (a shared CPU can slow down for minutes at a time), so that
-# three budgets stay within two hours. The
-# schedule (warm-up, then cosine to the end) is laid out over those epochs, so every model
-# finishes its schedule.
-# This compares what each architecture learns for the same cost on this machine; with equal
-# epochs instead, the slower peers would need up to three times the Context Cluster's time.
+# **The budget.** With `epochs = 0` every model gets the same wall-clock time, and the engine
+# (`cocs.train`, with `budget_minutes`) plans the epochs from the epochs themselves. The warm-up
+# epoch runs first: its learning rates do not depend on how many epochs follow. Then the engine
+# knows what an epoch of this model costs on this machine, data loading, augmentation and
+# evaluation included (the compiling first step counted as an ordinary one, its extra time
+# charged to the budget once), and lays the cosine out over as many whole epochs as fit into
+# what is left, each counted 5% dearer than measured. It plans again after every epoch from
+# the last three, since a shared CPU can slow down or speed up for minutes at a time; a
+# changed plan stretches or shortens the rest of the cosine, which moves the learning rate by
+# little. Each model's last plan is its number of epochs, `epochs_planned` in its
+# `metrics.csv` shows how the plan went, and `wall_minutes` below is checked against the
+# budget. This compares what each architecture learns for the same cost on this machine; with
+# equal epochs instead, the slower peers would need up to three times the Context Cluster's
+# time.
 
-
-# %%
-def timed(fn, repeats: int) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` calls, after one untimed call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def epoch_seconds(name: str) -> tuple[float, float]:
-    """(estimated seconds of one epoch of ``name``, seconds to compile it) under this recipe."""
-    torch.manual_seed(seed)
-    model = cocs.create_model(name, num_classes=10, drop_path_rate=drop_path)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    net = torch.compile(model, dynamic=False) if torch_compile else model
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    x = torch.randn(batch_size, 3, img_size, img_size)
-    y = torch.randint(0, 10, (batch_size,))
-
-    def step():
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            loss = torch.nn.functional.cross_entropy(net.train()(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    def evaluate():  # the engine evaluates the uncompiled model
-        with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            model.eval()(torch.randn(2 * batch_size, 3, img_size, img_size))
-
-    t0 = time.perf_counter()
-    step()  # compiles, when torch_compile is on
-    compile_s = time.perf_counter() - t0
-    n_train = 10 * (max_per_class or 5000)
-    n_test = 10 * (max_test_per_class or 1000)
-    train_s = timed(step, 10) * n_train / batch_size
-    test_s = timed(evaluate, 3) * n_test / (2 * batch_size)
-    # 15%: data loading, augmentation, the smaller last batch, a machine that slows down
-    return 1.15 * (train_s + test_s), compile_s
-
-
-def planned_epochs(name: str) -> tuple[int, float]:
-    """(epochs, estimated seconds per epoch) for ``name``: fixed, resumed or from the budget."""
-    if epochs:
-        return epochs, float("nan")
-    ckpt = resolve_ckpt_dir(TrainConfig(out_dir=str(out / name))) / "last.pt"
-    if ckpt.is_file():  # resume or reload with the epochs the run started with
-        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
-        return int(saved["config"]["epochs"]), float("nan")
-    estimate, compile_s = epoch_seconds(name)
-    # training compiles the model again (mostly from the compiler's cache): budget it once
-    return max(1, int((budget_minutes * 60 - compile_s) // estimate)), estimate
-
-
-plan = {}
-for name in names:
-    plan[name] = planned_epochs(name)
-    n, estimate = plan[name]
-    print(f"{name:<13} {n:3d} epochs (estimated {estimate:.0f} s per epoch)")
 
 # %%
 runs = {}
@@ -237,7 +176,8 @@ for name in names:
         globals(),
         model=name,
         dataset="cifar10",
-        epochs=plan[name][0],
+        epochs=epochs,
+        budget_minutes=0.0 if epochs else budget_minutes,
         out_dir=str(out / name),  # checkpoints: see cocs.train.resolve_ckpt_dir
         progress=False,
     )
@@ -247,7 +187,7 @@ for name in names:
     final = runs[name]["final"]
     print(
         f"{name:<13} test accuracy {final['test_acc']:.2f}% after epoch {runs[name]['epochs_done']} "
-        f"(training images: {runs[name]['train_images']})"
+        f"of {runs[name]['epochs_planned']} (training images: {runs[name]['train_images']})"
     )
 
 # %%
@@ -255,10 +195,12 @@ metrics = pd.concat(
     [pd.DataFrame(r["metrics"]).assign(model=name) for name, r in runs.items()], ignore_index=True
 )
 for name, r in runs.items():
-    assert r["complete"] and r["epochs_done"] == plan[name][0], f"{name} did not finish"
+    assert r["complete"] and r["epochs_done"] == r["epochs_planned"], f"{name} did not finish"
     assert r["config"]["lr"] == lr and r["config"]["batch_size"] == batch_size
+    # the cosine was laid out over exactly the epochs run: it ends at min_lr
+    assert math.isclose(r["final"]["lr"], r["config"]["min_lr"]), (name, r["final"]["lr"])
 rows = metrics.groupby("model").size()
-assert all(rows[name] == plan[name][0] for name in runs), rows
+assert all(rows[name] == runs[name]["epochs_planned"] for name in runs), rows
 assert metrics["train_loss"].notna().all() and metrics["test_acc"].between(0, 100).all()
 
 # %% [markdown]
@@ -348,7 +290,6 @@ comparison = pd.DataFrame(
             "wall_minutes": sum(row["epoch_seconds"] for row in r["metrics"]) / 60,
             "epochs": r["epochs_done"],
             "budget_minutes": 0.0 if epochs else budget_minutes,
-            "est_epoch_s": plan[name][1],
             "train_images": r["train_images"],
             "test_images": r["test_images"],
             "threads": threads,
@@ -380,9 +321,10 @@ reported
 # ## Did the Context Cluster reach the target?
 #
 # The target counts on single images, and under a time budget only if the model kept to it:
-# its epochs come from an estimate, which can be short of the real epochs, so the minutes it
-# actually trained (`wall_minutes`, the compiling first epoch included) are checked against
-# `budget_minutes`. A model that ran over had more time than the budget gives each model.
+# its plan rests on the epochs measured so far, and an epoch slower than they were can carry
+# it past the budget, so the minutes it actually trained (`wall_minutes`, the compiling first
+# epoch included) are checked against `budget_minutes`. A model that ran over had more time
+# than the budget gives each model.
 
 # %%
 over_budget = [] if epochs else list(comparison.query("wall_minutes > budget_minutes")["model"])
@@ -406,7 +348,7 @@ if "coc_cifar" in runs:
     with_flip = f", {flipped:.2f}% with flip test-time augmentation" if eval_flip else ""
     verdict = (
         f"coc_cifar reached {single:.2f}% test accuracy on single images{with_flip} "
-        f"({plan['coc_cifar'][0]} epochs): the {TARGET:.0f}% target was {outcome} "
+        f"({runs['coc_cifar']['epochs_done']} epochs): the {TARGET:.0f}% target was {outcome} "
         f"(training images: {runs['coc_cifar']['train_images']}, threads: {threads})."
     )
 else:

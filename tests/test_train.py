@@ -105,6 +105,9 @@ def test_unknown_key_is_rejected_with_a_suggestion():
         ),
         ("model_kwargs", "fold", r"'fold' is not key=value"),
         ("crop_pad", -2, r"crop_pad=-2 is not valid; expected an int >= 0, or -1"),
+        ("epochs", 0, r"epochs=0 plans the epochs from a time budget, but budget_minutes is 0"),
+        ("budget_minutes", 5.0, r"budget_minutes=5.0 applies only with epochs=0"),
+        ("budget_minutes", -1.0, r"budget_minutes=-1.0 is not valid; expected a float >= 0"),
     ],
 )
 def test_bad_values_are_rejected_before_training(tmp_path, key, value, message):
@@ -211,6 +214,73 @@ def test_same_seed_same_metrics_and_interrupted_run_resumes_identically(tree, tm
 
     with pytest.raises(T.ConfigError, match=r"lr: 0.002 -> 0.001.*resume=False"):
         T.train(config(tree, tmp_path / "c", lr=1e-3))
+
+
+def test_a_time_budget_needs_a_warm_up_to_plan_after():
+    with pytest.raises(T.ConfigError, match=r"epochs=0 needs warmup_epochs >= 1"):
+        T.TrainConfig.from_dict({"epochs": 0, "budget_minutes": 5.0, "warmup_epochs": 0})
+
+
+def test_planning_counts_the_epochs_that_still_fit_with_a_margin():
+    # 500 s left at 10 s an epoch, each counted 5% dearer: 47 more after the first
+    assert T.plan_epochs(1, 100.0, 10.0, 600.0) == 1 + int(500 // (T.PLAN_MARGIN * 10.0))
+    assert T.plan_epochs(1, 100.0, 10.0, 600.0) == 48
+    assert T.plan_epochs(5, 598.0, 10.0, 600.0) == 5, "less than an epoch left: stop"
+    assert T.plan_epochs(7, 700.0, 10.0, 600.0) == 7, "over budget already: never fewer"
+    with pytest.raises(ValueError, match="epoch_seconds=0"):
+        T.plan_epochs(1, 1.0, 0.0, 60.0)
+
+
+def test_a_budgeted_run_plans_after_the_warm_up_and_follows_its_plan(tree, tmp_path, monkeypatch):
+    fixed = T.train(config(tree, tmp_path / "fixed", epochs=3))
+    calls = []
+
+    def plan(done, spent, epoch_seconds, budget):
+        calls.append((done, spent, epoch_seconds, budget))
+        return 3
+
+    monkeypatch.setattr(T, "plan_epochs", plan)
+    budgeted = config(tree, tmp_path / "budget", epochs=0, budget_minutes=2.0)
+    run = T.train(budgeted)
+    # planned at 3 from the first epoch on, the run is the fixed 3-epoch run exactly
+    assert scores(run["metrics"]) == scores(fixed["metrics"])
+    assert run["epochs_done"] == run["epochs_planned"] == 3 and run["complete"]
+    assert [done for done, *_ in calls] == [1, 2, 3] and {c[3] for c in calls} == {120.0}
+    spent = [sum(r["epoch_seconds"] for r in run["metrics"][:n]) for n in (1, 2, 3)]
+    assert [c[1] for c in calls] == pytest.approx(spent)
+    assert all(0 < c[2] for c in calls)
+    assert [r["epochs_planned"] for r in run["metrics"]] == [3, 3, 3]
+    meta = json.loads((tmp_path / "budget" / "results" / "run" / "metrics.json").read_text())
+    assert meta["epochs_planned"] == 3 and meta["config"]["epochs"] == 0
+
+    # interrupted after the planning epoch, it resumes with the stored plan
+    class Crash(Exception):
+        pass
+
+    def crash(row):
+        if row["epoch"] == 1:
+            raise Crash
+
+    monkeypatch.setattr(T, "plan_epochs", lambda *a: 3)
+    with pytest.raises(Crash):
+        T.train(config(tree, tmp_path / "c", epochs=0, budget_minutes=2.0), on_epoch_end=crash)
+    resumed = T.train(config(tree, tmp_path / "c", epochs=0, budget_minutes=2.0))
+    assert scores(resumed["metrics"]) == scores(fixed["metrics"])
+
+    # a plan that changes stretches or shortens the cosine, which still ends at min_lr; a plan
+    # shorter than the epochs done ends the run
+    plans = iter([5, 4, 2])
+    monkeypatch.setattr(T, "plan_epochs", lambda *a: next(plans))
+    changed = T.train(config(tree, tmp_path / "d", epochs=0, budget_minutes=2.0))
+    assert [r["epochs_planned"] for r in changed["metrics"]] == [5, 4, 3]
+    assert changed["complete"] and changed["metrics"][-1]["lr"] == changed["config"]["min_lr"]
+
+
+def test_a_budget_shorter_than_the_warm_up_ends_after_it(tree, tmp_path):
+    run = T.train(config(tree, tmp_path, epochs=0, budget_minutes=1e-5))
+    assert run["epochs_done"] == run["epochs_planned"] == 1 and run["complete"]
+    assert run["final"]["lr"] == run["config"]["min_lr"], "the cosine ends with the run"
+    assert run["final"]["steady_seconds"] > 0
 
 
 def test_stop_after_epochs_files_and_reloading_a_checkpoint(tree, tmp_path):
