@@ -138,8 +138,8 @@ sizes[["params_m", "macs_m"]].round(2)
 #
 # Each model is trained by the same engine with the same flat configuration: AdamW with a
 # cosine schedule and warm-up, pad-and-crop with flips, label smoothing, the same batch size.
-# The crop is milder than the usual 4 px (`crop_pad = 1`): a schedule of some twenty epochs
-# is too short for a strong augmentation to pay off, while flips alone overfit after about ten
+# The crop is milder than the usual 4 px (`crop_pad = 1`): the few dozen epochs of a CPU budget
+# are too few for a strong augmentation to pay off, while flips alone overfit after about ten
 # (the `full` profile keeps 4 px for its 200 epochs; item 4 of "Try it" compares them).
 # Only the model name, the output folder and, under a time budget, the number of epochs
 # differ. The engine writes a metrics row per epoch and a checkpoint, so an interrupted run
@@ -159,14 +159,14 @@ sizes[["params_m", "macs_m"]].round(2)
 # knows what an epoch of this model costs on this machine, data loading, augmentation and
 # evaluation included (the compiling first step counted as an ordinary one, its extra time
 # charged to the budget once), and lays the cosine out over as many whole epochs as fit into
-# what is left, each counted 5% dearer than measured. It plans again after every epoch from
-# the last three, since a shared CPU can slow down or speed up for minutes at a time; a
-# changed plan stretches or shortens the rest of the cosine, which moves the learning rate by
-# little. Each model's last plan is its number of epochs, `epochs_planned` in its
-# `metrics.csv` shows how the plan went, and `wall_minutes` below is checked against the
-# budget. This compares what each architecture learns for the same cost on this machine; with
-# equal epochs instead, the slower peers would need up to three times the Context Cluster's
-# time.
+# what is left, each counted 5% dearer than measured (`cocs.train.PLAN_MARGIN`). It plans
+# again after every epoch from the last three, since a shared CPU can slow down or speed up
+# for minutes at a time; a changed plan stretches or shortens the rest of the cosine, which
+# moves the learning rate by little. Each model's last plan is its number of epochs,
+# `epochs_planned` in its `metrics.csv` shows how the plan went, and `wall_minutes` below is
+# checked against the budget. This compares what each architecture learns for the same cost
+# on this machine; with equal epochs instead, the slower peers would need up to three times
+# the Context Cluster's time.
 
 
 # %%
