@@ -86,7 +86,7 @@ print(f"{hardware}, {threads} torch threads; {len(keys)} ablations x {seeds} see
 # ## The variants
 #
 # Each variant is `coc_cifar` with a few constructor arguments changed. The full model has
-# four stages of 16, 8, 4 and 2 points per side, 4, 4, 8 and 8 heads of 16 channels, 2x2
+# four stages of 16, 8, 4 and 2 points per side, 2, 2, 4 and 4 heads of 32 channels, 2x2
 # centres per region in the first three stages, and regions of 4x4 points in the first two.
 # "One head" keeps the channels (one head as wide as all heads together); "no context cluster"
 # removes the token mixer and keeps everything else, positions included (the paper's
