@@ -1,69 +1,132 @@
-"""The ablations of chapter 6: which model each one trains, and how its seeds are summarised.
+"""The ablations of chapter 6: which model each one trains, how the study runs, and its verdicts.
 
 Every ablation is ``coc_cifar`` with a few keyword arguments changed (``model_kwargs`` of
 :class:`cocs.train.TrainConfig`), so the whole study is one training engine run many times.
-:func:`summarise` turns the per-run accuracies into mean and standard deviation over seeds, and
-:func:`findings` compares them in the direction of each of the paper's findings.
+Runs are paired: for each seed, every ablation shares the full model's seed, data order and
+augmentation, and (``shared_init``) its initial weights wherever the shapes agree. A finished
+run is reused only while its model fingerprint and recipe equal today's (:func:`finished_run`).
+:func:`compare` turns the per-image test outcomes into paired differences with confidence
+intervals (:mod:`cocs.stats`), and :func:`findings` reads the paper's claims off them.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
+
+from .stats import paired_difference
 
 __all__ = [
     "ABLATIONS",
+    "COMPARISONS",
     "FINDINGS",
+    "VERDICTS",
     "Ablation",
+    "Comparison",
     "Finding",
+    "compare",
+    "finished_run",
     "findings",
     "paper_evidence",
+    "relative_costs",
+    "run_config",
+    "schedule",
     "summarise",
 ]
 
 
 @dataclass(frozen=True)
 class Ablation:
-    """One row of the study: ``coc_cifar`` built with ``model_kwargs``."""
+    """One row of the study: ``coc_cifar`` built with ``model_kwargs``, trained ``seeds`` times."""
 
     key: str  # short name; also the results sub-folder
     label: str  # what a reader sees in tables
-    group: str  # the question of the issue list it answers, (a) to (h)
+    group: str  # the question it answers, (a) to (i)
     model_kwargs: str  # cocs.train.parse_model_kwargs syntax; empty: the full model
+    seeds: int = 2  # 3 for the rows of the paper's table
 
 
 # coc_cifar: stages of 16, 8, 4, 2 points per side; heads (2, 2, 4, 4) of 32 channels; 2x2
 # centres per region in stages 1-3 and one in stage 4; regions of 4x4 points in stages 1-2
-# (folds 4 and 2), none after. Per-stage tuples below keep every other setting as it is.
+# (folds 4 and 2), none after; point reducers 3x3 with stride 2 and zero padding 1 between
+# stages. Per-stage tuples below keep every other setting as it is. The order is the order of
+# training within a seed: the paper's claims first.
 ABLATIONS = (
-    Ablation("full", "full model", "a", ""),
-    Ablation("no_positions", "no position information (colour only)", "b", "use_positions=False"),
-    Ablation("no_cluster", "no context cluster (position information only)", "c", "mixer='none'"),
+    Ablation("full", "full model", "a", "", seeds=3),
+    Ablation("no_cluster", "no context cluster (position information only)", "c", "mixer='none'",
+             seeds=3),
     # the same channels in one head per layer: heads x head_dim stays (64, 64, 128, 128)
-    Ablation("one_head", "one head", "d", "heads=1,head_dim=(64, 64, 128, 128)"),
-    Ablation("centres_1", "1 centre per region", "e", "proposal_w=1,proposal_h=1"),
-    Ablation(
-        "centres_9", "9 centres per region", "e", "proposal_w=(3, 3, 3, 1),proposal_h=(3, 3, 3, 1)"
-    ),
-    Ablation("no_regions", "no region partition", "f", "fold_w=1,fold_h=1"),
-    Ablation("iterative", "centres updated twice", "g", "center_iters=2"),
+    Ablation("one_head", "one head", "d", "heads=1,head_dim=(64, 64, 128, 128)", seeds=3),
+    Ablation("no_positions", "no position information (colour only)", "b", "use_positions=False",
+             seeds=3),
     Ablation("raw_similarity", "raw cosine similarity", "h", "similarity='cosine'"),
+    Ablation("iterative", "centres updated twice", "g", "center_iters=2"),
+    # 64 and 16 centres per map in stages 1 and 2, in 16 and 4 regions or in one
+    Ablation("no_regions", "no region partition (4 centres per map)", "f", "fold_w=1,fold_h=1"),
+    Ablation("no_regions_same_centres", "no region partition, as many centres (64, 16)", "f",
+             "fold_w=1,fold_h=1,proposal_w=(8, 4, 2, 1),proposal_h=(8, 4, 2, 1)"),
+    Ablation("centres_1", "1 centre per region", "e", "proposal_w=1,proposal_h=1"),
+    Ablation("centres_9", "9 centres per region", "e",
+             "proposal_w=(3, 3, 3, 1),proposal_h=(3, 3, 3, 1)"),
+    # a region of 4x4 points holds 16: every point proposes a centre
+    Ablation("centres_16", "16 centres per region (one per point)", "e",
+             "proposal_w=(4, 4, 4, 1),proposal_h=(4, 4, 4, 1)"),
+    # 2x2 reducers with stride 2 and no padding: no zero border to tell where an edge is
+    Ablation("full_no_pad", "full model, reducers without padding", "i",
+             "down_patch_size=2,down_pad=0"),
+    Ablation("no_positions_no_pad", "no position information, reducers without padding", "i",
+             "use_positions=False,down_patch_size=2,down_pad=0"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Accuracy of ablation ``a`` minus that of ``b``, paired by seed."""
+
+    a: str
+    b: str
+    question: str
+
+
+# Every ablation against the full model, and the pad-free pair against each other.
+COMPARISONS = tuple(
+    Comparison("full", x.key, f"{x.label} vs the full model") for x in ABLATIONS[1:]
+) + (
+    Comparison("full_no_pad", "no_positions_no_pad",
+               "positions, in a model whose reducers have no padding"),
+    Comparison("no_regions_same_centres", "no_regions",
+               "16x more centres without regions (64 and 16 instead of 4 per map)"),
+)  # fmt: skip
+
+
+VERDICTS = (
+    "reproduces",
+    "reversed",
+    "no difference detected at this scale",
+    "differs",  # a difference where the paper expects none
+    "not run",
 )
 
 
 @dataclass(frozen=True)
 class Finding:
-    """A claim of the paper about two ablations, ``better`` and ``worse``.
-
-    ``expect="better"``: ``better`` beats ``worse``; ``expect="similar"``: they are within noise.
-    """
+    """A claim of the paper about two ablations: ``better`` beats ``worse``
+    (``expect="better"``), or they are within ``margin`` points (``expect="similar"``)."""
 
     claim: str
     better: str  # an ablation key
     worse: str
     paper_claim: str = ""  # key of ablation_claims in cocs/paper_numbers.yaml; "": its table
     expect: str = "better"
+    margin: float = 1.0  # points; for expect="similar"
 
 
 FINDINGS = (
@@ -88,6 +151,186 @@ def paper_evidence(finding: Finding, paper: dict) -> str:
     )
 
 
+# --------------------------------------------------------------------------------------------
+# Running the study
+# --------------------------------------------------------------------------------------------
+
+
+def schedule(keys: Sequence[str], max_seeds: int) -> list[tuple[str, int]]:
+    """(key, seed) in training order: seed by seed, so that an interrupted study already holds
+    complete pairs; each ablation runs min(its ``seeds``, ``max_seeds``) seeds."""
+    known = {a.key: a for a in ABLATIONS}
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        raise ValueError(f"unknown ablations {unknown}; expected keys of {list(known)}")
+    if max_seeds < 2:
+        raise ValueError(f"max_seeds={max_seeds}: paired intervals need at least 2 seeds")
+    order = [a.key for a in ABLATIONS if a.key in keys]
+    return [(k, s) for s in range(max_seeds) for k in order if s < min(known[k].seeds, max_seeds)]
+
+
+def run_config(key: str, seed: int, params: Mapping, out: str | os.PathLike):
+    """The :class:`cocs.train.TrainConfig` of one run; ``params`` holds the recipe's keys (a
+    notebook's ``globals()``)."""
+    from .train import TrainConfig
+
+    known = {a.key: a for a in ABLATIONS}
+    return TrainConfig.from_namespace(
+        params,
+        model="coc_cifar",
+        model_kwargs=known[key].model_kwargs,
+        dataset="cifar10",
+        seed=seed,
+        shared_init=True,
+        save_predictions=True,
+        out_dir=str(Path(out) / key / f"seed{seed}"),
+        progress=False,
+    )
+
+
+def finished_run(cfg) -> dict | None:
+    """The ``metrics.json`` of a finished run of ``cfg`` whose model fingerprint and recipe equal
+    today's, with its predictions; None when there is none (or it is stale)."""
+    from .train import create_model, recipe
+
+    folder = Path(cfg.out_dir)
+    meta_path, pred_path = folder / "metrics.json", folder / "predictions.npz"
+    if not (meta_path.is_file() and pred_path.is_file()):
+        return None
+    meta = json.loads(meta_path.read_text())
+    if not meta.get("complete") or meta.get("recipe") != recipe(cfg):
+        return None
+    from .fingerprint import model_fingerprint
+
+    if meta.get("fingerprint") != model_fingerprint(create_model(cfg, len(meta["classes"]))):
+        return None
+    with np.load(pred_path) as f:
+        meta["label"], meta["pred"] = f["label"], f["pred"]
+    return meta
+
+
+def _row(key: str, seed: int, meta: Mapping, reused: bool) -> dict:
+    final = meta["final"]
+    return {
+        "key": key,
+        "seed": seed,
+        "test_acc": final["test_acc"],
+        "train_acc": final["train_acc"],
+        "train_loss": final["train_loss"],
+        "minutes": meta["epoch_minutes"],
+        "params": meta["params"],
+        "epochs": meta["epochs_done"],
+        "train_images": meta["train_images"],
+        "test_images": meta["test_images"],
+        "fingerprint": meta["fingerprint"],
+        "git_commit": meta["environment"]["git_commit"],
+        "git_dirty": meta["environment"]["git_dirty"],
+        "hardware": meta["environment"]["hardware"]["cpu"],
+        "threads": meta["environment"]["hardware"]["torch_threads"],
+        "reused": reused,
+    }
+
+
+def run_study(
+    plan: Sequence[tuple[str, int]], params: Mapping, out: str | os.PathLike, *, train_missing=True
+) -> tuple[pd.DataFrame, dict[tuple[str, int], np.ndarray]]:
+    """Train (or reuse) every run of ``plan``; one row per run and each run's correctness.
+
+    A finished run whose fingerprint and recipe match is read from its files; any other run is
+    trained by :func:`cocs.train.train`, which resumes an interrupted one from its checkpoint.
+    With ``train_missing=False`` runs without matching results are skipped (and listed).
+    Returns the runs and, per (key, seed), the (N,) booleans of correct test predictions.
+    """
+    from .train import train
+
+    rows, correct, skipped = [], {}, []
+    for i, (key, seed) in enumerate(plan):
+        cfg = run_config(key, seed, params, out)
+        meta = finished_run(cfg)
+        reused = meta is not None
+        if meta is None:
+            if not train_missing:
+                skipped.append((key, seed))
+                continue
+            result = train(cfg)
+            if not result["complete"]:
+                raise RuntimeError(
+                    f"{key} seed {seed} stopped after {result['epochs_done']} epochs"
+                )
+            meta = finished_run(cfg)
+            if meta is None:
+                raise RuntimeError(f"{key} seed {seed}: its files do not match the model built")
+        rows.append(_row(key, seed, meta, reused))
+        correct[key, seed] = meta["label"] == meta["pred"]
+        r = rows[-1]
+        print(
+            f"[{i + 1}/{len(plan)}] {key:<24} seed {seed}: {r['test_acc']:.2f}% "
+            f"({'reused' if reused else 'trained'}, {r['minutes']:.1f} min)",
+            flush=True,
+        )
+    if skipped:
+        print(f"not trained (train_missing=False): {skipped}")
+    return pd.DataFrame(rows), correct
+
+
+def relative_costs(
+    keys: Sequence[str], *, batch: int = 128, repeats: int = 5, amp: bool = True, seed: int = 0
+) -> pd.DataFrame:
+    """Training-step and inference time of each ablation relative to the full model.
+
+    One process, one batch, the models timed in turn (full, a, b, ..., full, a, b, ...) so that
+    each sees the same machine load; the median of ``repeats`` rounds after one warm-up round.
+    Eager mode, bfloat16 autocast when ``amp``.
+    """
+    import timm
+
+    from .train import parse_model_kwargs
+
+    known = {a.key: a for a in ABLATIONS}
+    keys = ["full", *[k for k in keys if k != "full"]]
+    torch.manual_seed(seed)
+    models = {
+        k: timm.create_model("coc_cifar", **parse_model_kwargs(known[k].model_kwargs)) for k in keys
+    }
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    times = {(k, what): [] for k in keys for what in ("train", "infer")}
+    for r in range(repeats + 1):
+        for k, m in models.items():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                t0 = time.perf_counter()
+                m.train()
+                opts[k].zero_grad(set_to_none=True)
+                torch.nn.functional.cross_entropy(m(x).float(), y).backward()
+                opts[k].step()
+                t1 = time.perf_counter()
+                m.eval()
+                with torch.no_grad():
+                    m(x)
+                t2 = time.perf_counter()
+            if r > 0:
+                times[k, "train"].append(t1 - t0)
+                times[k, "infer"].append(t2 - t1)
+    med = {kw: float(np.median(v)) for kw, v in times.items()}
+    return pd.DataFrame(
+        [
+            {
+                "key": k,
+                "train_step_ms": 1e3 * med[k, "train"],
+                "infer_ms": 1e3 * med[k, "infer"],
+                "train_ratio": med[k, "train"] / med["full", "train"],
+                "infer_ratio": med[k, "infer"] / med["full", "infer"],
+            }
+            for k in keys
+        ]
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Summaries and verdicts
+# --------------------------------------------------------------------------------------------
+
+
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard deviation over seeds of each ablation.
 
@@ -97,7 +340,7 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     Returns:
         One row per key, in the order of :data:`ABLATIONS` (unknown keys last), with columns
         ``label``, ``group``, ``seeds``, ``acc_mean``, ``acc_std`` (sample standard deviation,
-        ``ddof=1``), ``delta`` (mean minus the full model's), ``minutes_mean``.
+        ``ddof=1``), ``minutes_mean``.
     """
     missing = {"key", "seed", "test_acc", "minutes"} - set(runs.columns)
     if missing:
@@ -121,37 +364,70 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     out = out.loc[order]
     out.insert(0, "label", [known[k].label if k in known else k for k in out.index])
     out.insert(1, "group", [known[k].group if k in known else "" for k in out.index])
-    out["delta"] = out["acc_mean"] - out.loc["full", "acc_mean"] if "full" in out.index else None
     return out.rename_axis("key").reset_index()
 
 
-def findings(summary: pd.DataFrame, paper: dict, *, min_gap: float = 0.5) -> pd.DataFrame:
-    """Whether each of the paper's findings shows in ``summary`` (from :func:`summarise`).
+def compare(
+    correct: Mapping[tuple[str, int], np.ndarray],
+    comparisons: Sequence[Comparison] = COMPARISONS,
+    *,
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """The paired difference of every comparison over the seeds both sides have.
 
-    A difference counts only when it exceeds both ``min_gap`` points and the seeds' noise,
-    sqrt(std_better^2 + std_worse^2). Verdicts: "reproduces" (the paper's direction, or no
-    difference where the paper expects none), "reversed", "no clear difference", "differs"
-    (a difference where the paper expects none), or "not run" when either side is missing.
-    ``paper`` (:func:`cocs.paper.numbers`) gives the ``paper`` column, the paper's evidence.
+    ``correct`` maps (key, seed) to the (N,) booleans of correct test predictions. A comparison
+    with fewer than two shared seeds gets ``seeds`` < 2 and no interval.
     """
-    s = summary.set_index("key")
+    rows = []
+    for c in comparisons:
+        seeds = sorted({s for k, s in correct if k == c.a} & {s for k, s in correct if k == c.b})
+        row = {"a": c.a, "b": c.b, "question": c.question, "seeds": len(seeds)}
+        if len(seeds) >= 2:
+            a = np.stack([correct[c.a, s] for s in seeds])
+            b = np.stack([correct[c.b, s] for s in seeds])
+            row |= paired_difference(a, b, level=level).as_dict()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def verdict(finding: Finding, low: float, high: float) -> str:
+    """What an interval [low, high] of ``better - worse`` says about ``finding``."""
+    if finding.expect == "similar":
+        if -finding.margin <= low and high <= finding.margin:
+            return "reproduces"
+        return "differs" if low > 0 or high < 0 else "no difference detected at this scale"
+    if low > 0:
+        return "reproduces"
+    if high < 0:
+        return "reversed"
+    return "no difference detected at this scale"
+
+
+def findings(differences: pd.DataFrame, paper: dict) -> pd.DataFrame:
+    """Whether each of the paper's findings shows, read off the intervals of :func:`compare`.
+
+    "reproduces": the interval of better - worse lies above zero (for a claim of no difference:
+    within +-margin); "reversed": below zero; "no difference detected at this scale": it holds
+    zero, and ``detectable`` says how large a difference the study would have found;
+    "differs": a difference where the paper expects none; "not run": fewer than 2 paired seeds.
+    """
+    d = differences.set_index(["a", "b"])
     rows = []
     for f in FINDINGS:
         row = {"claim": f.claim, "better": f.better, "worse": f.worse, "expect": f.expect,
                "paper": paper_evidence(f, paper)}  # fmt: skip
-        if f.better not in s.index or f.worse not in s.index:
-            rows.append(row | {"gap": float("nan"), "noise": float("nan"), "verdict": "not run"})
+        sign, pair = (
+            (1, (f.better, f.worse))
+            if (f.better, f.worse) in d.index
+            else (-1, (f.worse, f.better))
+        )
+        if pair not in d.index or d.loc[pair, "seeds"] < 2:
+            rows.append(row | {"verdict": "not run"})
             continue
-        gap = s.loc[f.better, "acc_mean"] - s.loc[f.worse, "acc_mean"]
-        noise = float((s.loc[f.better, "acc_std"] ** 2 + s.loc[f.worse, "acc_std"] ** 2) ** 0.5)
-        threshold = max(min_gap, noise)
-        if f.expect == "similar":
-            verdict = "reproduces" if abs(gap) <= threshold else "differs"
-        elif gap > threshold:
-            verdict = "reproduces"
-        elif gap < -threshold:
-            verdict = "reversed"
-        else:
-            verdict = "no clear difference"
-        rows.append(row | {"gap": gap, "noise": noise, "verdict": verdict})
+        r = d.loc[pair]
+        low, high = sorted((sign * r["low"], sign * r["high"]))
+        row |= {"difference": sign * r["mean"], "low": low, "high": high,
+                "detectable": r["detectable"], "seeds": int(r["seeds"])}  # fmt: skip
+        row["verdict"] = verdict(f, low, high)
+        rows.append(row)
     return pd.DataFrame(rows)

@@ -41,6 +41,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import data as D
+from .fingerprint import model_fingerprint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,6 +57,7 @@ class TrainConfig:
     # model
     model: str = "coc_cifar"  # any timm name; `import cocs` registers coc_*
     model_kwargs: str = ""  # extra create_model arguments: "k=v,k=v" (Python literals) or JSON
+    shared_init: bool = False  # copy the seed's initial weights of `model` without model_kwargs
     drop_path: float = 0.1  # stochastic depth rate
     # data
     dataset: str = "cifar10"  # cifar10, cifar100, imagenette, imagenet or folder
@@ -98,6 +100,7 @@ class TrainConfig:
     ckpt_dir: str = ""  # last.pt; empty: out_dir with its "results" component -> "checkpoints"
     resume: bool = True  # continue from ckpt_dir/last.pt when it exists
     keep_epoch_ckpts: bool = False  # also keep epoch_NNN.pt (weights only) for later analysis
+    save_predictions: bool = False  # write each test image's label and prediction (.npz)
     stop_after_epochs: int = 0  # stop this call after so many epochs (resume later); 0: run all
     progress: bool = True  # progress bars
 
@@ -292,8 +295,30 @@ RUN_ONLY_KEYS = frozenset(
         "device",
         "download",
         "data_path",
+        "save_predictions",
     }
 )
+
+
+def recipe(cfg: "TrainConfig | Mapping") -> dict:
+    """What a run trained with, beside the model: the config without the model's name and
+    arguments (the model fingerprint covers them) and without the keys that say only where and
+    how visibly it ran (:data:`RUN_ONLY_KEYS`). Two runs with equal recipes and fingerprints
+    trained the same model the same way."""
+    d = asdict(cfg) if isinstance(cfg, TrainConfig) else dict(cfg)
+    return {k: v for k, v in d.items() if k not in RUN_ONLY_KEYS | {"model", "model_kwargs"}}
+
+
+def portable_path(path: str | os.PathLike) -> str:
+    """``path`` relative to the repository when it lies inside it, so that committed files
+    name no folder of the machine that wrote them; other paths are kept as given."""
+    if not str(path):
+        return ""
+    p = Path(path)
+    try:
+        return p.resolve().relative_to(REPO_ROOT).as_posix() if p.is_absolute() else p.as_posix()
+    except ValueError:
+        return str(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -440,6 +465,24 @@ def create_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     )
 
 
+def share_initial_weights(model: nn.Module, reference: nn.Module) -> list[str]:
+    """Copy every parameter and buffer of ``reference`` whose name and shape ``model`` shares.
+
+    Paired ablations start from the same weights wherever their shapes allow, so that a
+    difference between them comes from the change, not from the draw of the initial weights.
+    Returns the names of ``model``'s tensors that kept their own initial values.
+    """
+    ref = reference.state_dict()
+    own = []
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if name in ref and ref[name].shape == t.shape:
+                t.copy_(ref[name])
+            else:
+                own.append(name)
+    return own
+
+
 @dataclass
 class DataBundle:
     """The two splits of a run, ready for ``make_loader``."""
@@ -565,6 +608,31 @@ def evaluate(
     return loss / n, 100.0 * correct / n, int(n)
 
 
+def predict(
+    model: nn.Module,
+    bundle: DataBundle,
+    *,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    batch: int = 256,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The label and the predicted class of every test image, in the test split's order.
+
+    Paired comparisons of two models on one test set (``cocs.stats``) need the per-image
+    outcomes, not only the accuracies. Returns two int16 arrays of length ``len(bundle.test)``.
+    """
+    model.eval()
+    labels, preds = [], []
+    sampler = D.EpochBatchSampler(len(bundle.test), batch, shuffle=False, drop_last=False)
+    with torch.no_grad():
+        for x, y in D.make_loader(bundle.test, sampler, 0):
+            x = D.normalize(x.to(device), bundle.mean, bundle.std)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                preds.append(model(x).float().argmax(1).cpu())
+            labels.append(y)
+    return torch.cat(labels).numpy().astype(np.int16), torch.cat(preds).numpy().astype(np.int16)
+
+
 def load_trained(
     path: str | os.PathLike, *, ema: bool = False, device: str = "cpu"
 ) -> tuple[nn.Module, TrainConfig]:
@@ -688,6 +756,15 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
     # Model, identical on every rank; then per-rank randomness (drop path) from seed + rank.
     seed_everything(cfg.seed)
     model = create_model(cfg, num_classes=len(bundle.classes)).to(device)
+    own_init = None
+    if cfg.shared_init:  # the default variant's initial weights of this seed, where they fit
+        seed_everything(cfg.seed)
+        default = create_model(
+            TrainConfig.from_dict(asdict(cfg) | {"model_kwargs": ""}), len(bundle.classes)
+        )
+        own_init = share_initial_weights(model, default.to(device))
+        del default
+    fingerprint = model_fingerprint(model)
     seed_everything(cfg.seed + rank)
     n_params = sum(p.numel() for p in model.parameters())
     ema = timm.utils.ModelEmaV3(model, decay=cfg.ema) if cfg.ema > 0 else None
@@ -734,8 +811,10 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
         changed = {
             k: (ckpt["config"].get(k), v)
             for k, v in asdict(cfg).items()
-            if k not in RUN_ONLY_KEYS and ckpt["config"].get(k) != v
+            if k not in RUN_ONLY_KEYS and ckpt["config"].get(k, TrainConfig.__dict__.get(k)) != v
         }
+        if ckpt.get("fingerprint", fingerprint) != fingerprint:
+            changed["model fingerprint"] = (ckpt["fingerprint"], fingerprint)
         if changed:
             listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
             raise ConfigError(
@@ -914,6 +993,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
                 "epochs_planned": total,
                 "rng": states,
                 "config": asdict(cfg),
+                "fingerprint": fingerprint,
                 "metrics": rows,
                 "classes": bundle.classes,
                 "env": env,
@@ -934,23 +1014,39 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
     if cfg.eval_flip and rows:  # the finished (or stopped) model, also when a run is reloaded
         loss, acc = test(model, flip=True)
         final_flip = {"epoch": len(rows), "test_loss": loss, "test_acc": acc}
+    complete = len(rows) >= total
+    if cfg.save_predictions and complete and is_main:
+        labels, preds = predict(model, bundle, device=device, amp_dtype=amp_dtype, batch=eval_bs)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, label=labels, pred=preds)
+
+        _write_atomic(out_dir / "predictions.npz", write)
+    config = asdict(cfg)
+    for key in ("out_dir", "ckpt_dir", "data_path"):
+        config[key] = portable_path(config[key])
     result = {
-        "config": asdict(cfg),
+        "config": config,
+        "fingerprint": fingerprint,
+        "recipe": recipe(cfg),
+        "own_initial_weights": own_init,
         "metrics": rows,
         "final": rows[-1] if rows else None,
         "final_flip": final_flip,
         "epochs_done": len(rows),
+        "epoch_minutes": sum(r["epoch_seconds"] for r in rows) / 60,  # compiling included
         "epochs_planned": total,
-        "complete": len(rows) >= total,
+        "complete": complete,
         "classes": bundle.classes,
         "params": n_params,
         "train_images": n_train,
         "test_images": len(bundle.test),
-        "data_source": bundle.source,
+        "data_source": Path(bundle.source).name,
         "autocast": {torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(amp_dtype, "off"),
         "world_size": world,
-        "out_dir": str(out_dir),
-        "ckpt_path": str(last_path),
+        "out_dir": portable_path(out_dir),
+        "ckpt_path": portable_path(last_path),
     }
     if world > 1:
         result["rank_weight_max_diff"] = _max_weight_diff(model)
