@@ -157,8 +157,10 @@ def paper_evidence(finding: Finding, paper: dict) -> str:
 
 
 def schedule(keys: Sequence[str], max_seeds: int) -> list[tuple[str, int]]:
-    """(key, seed) in training order: seed by seed, so that an interrupted study already holds
-    complete pairs; each ablation runs min(its ``seeds``, ``max_seeds``) seeds."""
+    """(key, seed) in training order, so that an interrupted study holds as many complete
+    comparisons as it can: first seeds 0 and 1 of the paper's table rows (the ablations with
+    3 seeds), seed by seed; then seeds 0 and 1 of every other ablation, one ablation after the
+    other; then the further seeds. Each ablation runs min(its ``seeds``, ``max_seeds``) seeds."""
     known = {a.key: a for a in ABLATIONS}
     unknown = [k for k in keys if k not in known]
     if unknown:
@@ -166,7 +168,13 @@ def schedule(keys: Sequence[str], max_seeds: int) -> list[tuple[str, int]]:
     if max_seeds < 2:
         raise ValueError(f"max_seeds={max_seeds}: paired intervals need at least 2 seeds")
     order = [a.key for a in ABLATIONS if a.key in keys]
-    return [(k, s) for s in range(max_seeds) for k in order if s < min(known[k].seeds, max_seeds)]
+    table = [k for k in order if known[k].seeds >= 3]
+    first = [(k, s) for s in (0, 1) for k in table]
+    first += [(k, s) for k in order if k not in table for s in (0, 1)]
+    rest = [
+        (k, s) for s in range(2, max_seeds) for k in order if s < min(known[k].seeds, max_seeds)
+    ]
+    return first + rest
 
 
 def run_config(key: str, seed: int, params: Mapping, out: str | os.PathLike):
@@ -382,12 +390,14 @@ def compare(
     for c in comparisons:
         seeds = sorted({s for k, s in correct if k == c.a} & {s for k, s in correct if k == c.b})
         row = {"a": c.a, "b": c.b, "question": c.question, "seeds": len(seeds)}
+        row |= dict.fromkeys(("mean", "low", "high", "se_seed", "se_test", "df", "detectable"))
         if len(seeds) >= 2:
             a = np.stack([correct[c.a, s] for s in seeds])
             b = np.stack([correct[c.b, s] for s in seeds])
             row |= paired_difference(a, b, level=level).as_dict()
         rows.append(row)
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    return out.astype({k: float for k in ("mean", "low", "high", "detectable")})
 
 
 def verdict(finding: Finding, low: float, high: float) -> str:

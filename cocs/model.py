@@ -283,10 +283,6 @@ class ContextCluster(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    def extra_repr(self) -> str:
-        # what the module tree does not show; the layout (channels_last) is not the function
-        return f"use_positions={self.use_positions}, global_pool={self.global_pool!r}"
-
     # timm model interface ---------------------------------------------------------------
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

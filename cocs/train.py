@@ -25,6 +25,7 @@ import numbers
 import os
 import platform
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -307,6 +308,12 @@ def recipe(cfg: "TrainConfig | Mapping") -> dict:
     trained the same model the same way."""
     d = asdict(cfg) if isinstance(cfg, TrainConfig) else dict(cfg)
     return {k: v for k, v in d.items() if k not in RUN_ONLY_KEYS | {"model", "model_kwargs"}}
+
+
+def portable_source(text: str) -> str:
+    """A data set's source description with every absolute path cut to its last component
+    ("cache folder /home/me/cocs/data" -> "cache folder data")."""
+    return re.sub(r"(?<!\S)/\S*", lambda m: Path(m.group(0)).name, text)
 
 
 def portable_path(path: str | os.PathLike) -> str:
@@ -1042,7 +1049,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
         "params": n_params,
         "train_images": n_train,
         "test_images": len(bundle.test),
-        "data_source": Path(bundle.source).name,
+        "data_source": portable_source(bundle.source),
         "autocast": {torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(amp_dtype, "off"),
         "world_size": world,
         "out_dir": portable_path(out_dir),

@@ -167,8 +167,10 @@ estimate.groupby("key", sort=False)["minutes"].sum().round(1)
 # %% [markdown]
 # ## Training
 #
-# Every run has the same recipe; only `model_kwargs` and the seed differ. Seeds run in the
-# outer loop, so that an interrupted study already holds complete pairs.
+# Every run has the same recipe; only `model_kwargs` and the seed differ. The runs follow
+# `cocs.ablation.schedule`: seeds 0 and 1 of the paper's table rows first, then the other
+# ablations pair by pair, then the third seeds, so that an interrupted study already holds as
+# many complete comparisons as it can.
 
 # %%
 runs, correct = run_study(plan, globals(), out, train_missing=train_missing)

@@ -1,12 +1,13 @@
 """The ablation study's variants build, and its summaries and verdicts follow their rules."""
 
+import numpy as np
 import pandas as pd
 import pytest
 import timm
 import torch
 
 import cocs  # noqa: F401  (registers the models)
-from cocs.ablation import ABLATIONS, FINDINGS, findings, summarise
+from cocs.ablation import ABLATIONS, FINDINGS, VERDICTS, compare, findings, schedule, summarise
 from cocs.paper import numbers
 from cocs.train import parse_model_kwargs
 
@@ -15,7 +16,7 @@ def test_keys_are_unique_and_findings_refer_to_them():
     keys = [a.key for a in ABLATIONS]
     assert len(set(keys)) == len(keys) and keys[0] == "full"
     assert {f.better for f in FINDINGS} | {f.worse for f in FINDINGS} <= set(keys)
-    assert set("abcdefgh") <= {a.group for a in ABLATIONS}, "every question (a)-(h) is studied"
+    assert set("abcdefghi") <= {a.group for a in ABLATIONS}, "every question (a)-(i) is studied"
 
 
 @pytest.mark.parametrize("ablation", ABLATIONS, ids=lambda a: a.key)
@@ -37,12 +38,21 @@ def test_every_ablation_builds_and_changes_what_it_says(ablation):
         "centres_1": lambda: (first.proposal_w, first.proposal_h) == (1, 1),
         "centres_9": lambda: (first.proposal_w, first.proposal_h) == (3, 3),
         "no_regions": lambda: (first.fold_w, first.fold_h) == (1, 1),
+        "no_regions_same_centres": lambda: (first.fold_w, first.proposal_w) == (1, 8),
+        "centres_16": lambda: (first.proposal_w, first.proposal_h) == (4, 4),
         "iterative": lambda: first.center_iters == 2,
         "raw_similarity": lambda: first.similarity == "cosine",
     }
     if ablation.key in expect:
         assert expect[ablation.key](), ablation
-    if ablation.key not in ("no_positions",):  # the same parameters, arranged differently
+    if "pad" in ablation.key:
+        assert model.network[1].proj.kernel_size == (2, 2) and model.network[1].proj.padding == (
+            0,
+            0,
+        )
+    if "no_positions" in ablation.key:
+        assert not model.use_positions
+    elif "pad" not in ablation.key:  # the same parameters, arranged differently
         assert sum(p.numel() for p in model.parameters()) == sum(
             p.numel() for p in full.parameters()
         )
@@ -63,7 +73,6 @@ def test_summary_is_mean_and_sample_sd_in_study_order():
     assert s["key"].tolist() == ["full", "one_head"]
     full = s.set_index("key").loc["full"]
     assert full["acc_mean"] == 72.0 and full["acc_std"] == pytest.approx(2**0.5 * 2)
-    assert s.set_index("key").loc["one_head", "delta"] == -11.0
 
 
 def test_summary_rejects_bad_tables():
@@ -73,35 +82,68 @@ def test_summary_rejects_bad_tables():
         summarise(_runs({"full": [1.0]}).pipe(lambda d: pd.concat([d, d])))
 
 
-def test_verdicts_follow_gap_and_noise():
-    runs = _runs({
-        "full": [80.0, 80.2],  # sd 0.14
-        "no_cluster": [70.0, 70.4],  # far below: reproduces
-        "one_head": [80.1, 80.3],  # within noise: no clear difference
-        "no_positions": [85.0, 85.2],  # far above: reversed
-        "iterative": [80.0, 80.4],  # within noise where the paper expects none: reproduces
+def test_schedule_runs_seed_by_seed_with_three_seeds_for_the_papers_rows():
+    plan = schedule([a.key for a in ABLATIONS], max_seeds=3)
+    assert plan[0] == ("full", 0) and len(plan) == len(set(plan))
+    seeds = pd.DataFrame(plan, columns=["key", "seed"]).groupby("key")["seed"].nunique()
+    assert set(seeds[seeds == 3].index) == {"full", "no_cluster", "one_head", "no_positions"}
+    assert (seeds >= 2).all()
+    table = ["full", "no_cluster", "one_head", "no_positions"]
+    assert plan[:8] == [(k, s) for s in (0, 1) for k in table], "the paper's rows first"
+    assert plan[8:10] == [("raw_similarity", 0), ("raw_similarity", 1)], "then pair by pair"
+    assert plan[-4:] == [(k, 2) for k in table], "the third seeds last"
+    assert len(schedule(["full", "centres_1"], max_seeds=2)) == 4
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        schedule(["full"], max_seeds=1)
+    with pytest.raises(ValueError, match="unknown ablations"):
+        schedule(["full", "nope"], max_seeds=2)
+
+
+def _outcomes(accuracy: dict[str, list[float]], n: int = 4000, seed: int = 0) -> dict:
+    """Per-image correctness per (key, seed) with the given accuracies (%), images shared."""
+    rng = np.random.default_rng(seed)
+    difficulty = rng.random(n)  # an image is solved by a model of accuracy p if d < p
+    out = {}
+    for key, accs in accuracy.items():
+        for s, acc in enumerate(accs):
+            noise = rng.random(n) < 0.1  # each run flips a random tenth of its easy/hard calls
+            base = difficulty < acc / 100
+            out[key, s] = np.where(noise, rng.random(n) < acc / 100, base)
+    return out
+
+
+def test_verdicts_follow_the_intervals():
+    correct = _outcomes({
+        "full": [80.0, 80.0, 80.0],
+        "no_cluster": [70.0, 70.0, 70.0],  # far below: reproduces
+        "one_head": [80.0, 80.0, 80.0],  # the same: no difference detected
+        "no_positions": [88.0, 88.0, 88.0],  # far above: reversed
     })  # fmt: skip
-    v = findings(summarise(runs), numbers()).set_index("better")
-    by_worse = findings(summarise(runs), numbers()).set_index("worse")
+    rng = np.random.default_rng(1)
+    for s in range(2):  # the full model's calls with 1% flipped: within a point of it
+        flip = rng.random(len(correct["full", s])) < 0.01
+        correct["iterative", s] = correct["full", s] ^ flip
+    diffs = compare(correct)
+    by_worse = findings(diffs, numbers()).set_index("worse")
     assert by_worse.loc["no_cluster", "verdict"] == "reproduces"
-    assert by_worse.loc["one_head", "verdict"] == "no clear difference"
+    assert by_worse.loc["one_head", "verdict"] == "no difference detected at this scale"
     assert by_worse.loc["no_positions", "verdict"] == "reversed"
     assert by_worse.loc["raw_similarity", "verdict"] == "not run"
-    assert v.loc["iterative", "verdict"] == "reproduces"
-    noisy = _runs({"full": [80.0, 80.4], "iterative": [70.0, 90.0]})
-    assert (
-        findings(summarise(noisy), numbers()).set_index("better").loc["iterative", "verdict"]
-        == "reproduces"
-    )
-    moved = _runs({"full": [80.0, 80.2], "iterative": [83.0, 83.2]})
-    assert (
-        findings(summarise(moved), numbers()).set_index("better").loc["iterative", "verdict"]
-        == "differs"
-    )
+    it = findings(diffs, numbers()).set_index("better").loc["iterative"]
+    assert it["verdict"] == "reproduces" and it["low"] > -1 and it["high"] < 1
+    moved = compare(_outcomes({"full": [80.0, 80.0], "iterative": [86.0, 86.0]}))
+    assert findings(moved, numbers()).set_index("better").loc["iterative", "verdict"] == "differs"
+    assert set(findings(diffs, numbers())["verdict"]) <= set(VERDICTS)
+
+
+def test_a_comparison_needs_two_shared_seeds():
+    correct = _outcomes({"full": [80.0, 80.0], "one_head": [79.0]})
+    row = compare(correct).set_index("b").loc["one_head"]
+    assert row["seeds"] == 1 and np.isnan(row["mean"])
 
 
 def test_the_paper_evidence_is_read_from_the_data_file():
-    f = findings(summarise(_runs({"full": [1.0, 2.0]})), numbers()).set_index("worse")
+    f = findings(compare({}), numbers()).set_index("worse")
     assert (
         f.loc["no_cluster", "paper"] == "ImageNet top-1 of CoC-Small, full 77.5 vs no_cluster 74.2"
     )

@@ -242,26 +242,47 @@ def _(out: Path):
 
 @checks("06_ablations")
 def _(out: Path):
-    from cocs.ablation import ABLATIONS, FINDINGS
+    import json
 
-    runs = csv_table(out / "runs.csv", ["key", "seed", "test_acc", "minutes", "params"])
+    import numpy as np
+    import timm
+
+    from cocs.ablation import ABLATIONS, FINDINGS, VERDICTS
+    from cocs.fingerprint import model_fingerprint
+    from cocs.train import parse_model_kwargs
+
+    runs = csv_table(
+        out / "runs.csv", ["key", "seed", "test_acc", "minutes", "params", "fingerprint"]
+    )
     assert set(runs["key"]) == {a.key for a in ABLATIONS}, "every ablation runs by default"
     assert (runs.groupby("key")["seed"].nunique() >= 2).all(), "at least two seeds each"
     assert runs["test_acc"].between(0, 100).all() and (runs["minutes"] > 0).all()
     params = runs.groupby("key")["params"].first()
     assert params["no_cluster"] < params["full"] == params["one_head"] == params["raw_similarity"]
-    summary = csv_table(
-        out / "summary.csv", ["key", "label", "acc_mean", "acc_std", "delta", "paper_top1"]
-    ).set_index("key")
+    for a in ABLATIONS:  # each run's files name the fingerprint of the model built today
+        model = timm.create_model("coc_cifar", **parse_model_kwargs(a.model_kwargs))
+        run = out / a.key / "seed0"
+        meta = json.loads((run / "metrics.json").read_text())
+        assert meta["fingerprint"] == model_fingerprint(model), a.key
+        assert set(runs.loc[runs["key"] == a.key, "fingerprint"]) == {meta["fingerprint"]}
+        with np.load(run / "predictions.npz") as f:
+            assert len(f["pred"]) == meta["test_images"] == len(f["label"])
+            acc = 100 * (f["pred"] == f["label"]).mean()
+        assert acc == pytest.approx(meta["final"]["test_acc"]), "predictions match the accuracy"
+    summary = csv_table(out / "summary.csv", ["key", "label", "acc_mean", "acc_std"])
     mean = runs.groupby("key")["test_acc"].mean()
-    pd.testing.assert_series_equal(summary["acc_mean"], mean[summary.index], check_names=False)
-    assert summary.loc["full", "delta"] == 0 and summary["acc_std"].notna().all()
-    assert summary.loc[["full", "one_head", "no_cluster"], "paper_top1"].notna().all()
-    findings = csv_table(out / "findings.csv", ["claim", "gap", "noise", "verdict"])
-    assert len(findings) == len(FINDINGS)
-    assert set(findings["verdict"]) <= {"reproduces", "reversed", "no clear difference", "differs"}
+    assert np.allclose(summary.set_index("key")["acc_mean"], mean[summary["key"]].to_numpy())
+    diffs = csv_table(
+        out / "differences.csv", ["a", "b", "seeds", "mean", "low", "high", "detectable"]
+    )
+    assert (diffs["seeds"] >= 2).all() and (diffs["low"] <= diffs["mean"]).all()
+    assert (diffs["mean"] <= diffs["high"]).all() and (diffs["detectable"] >= 0).all()
+    findings = csv_table(out / "findings.csv", ["claim", "difference", "low", "high", "verdict"])
+    assert len(findings) == len(FINDINGS) and set(findings["verdict"]) <= set(VERDICTS)
     text = (out / "findings.md").read_text()
-    assert all(claim in text for claim in findings["claim"])
+    assert all(claim in text for claim in findings["claim"]) and "paired seeds" in text
+    costs = csv_table(out / "costs.csv", ["key", "train_ratio", "infer_ratio"]).set_index("key")
+    assert costs.loc["full", "train_ratio"] == 1 and (costs["train_ratio"] > 0).all()
     png_image(out / "ablations.png")
 
 

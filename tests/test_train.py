@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -345,6 +346,64 @@ def test_stop_after_epochs_files_and_reloading_a_checkpoint(tree, tmp_path):
     assert reloaded["final_flip"]["test_loss"] == pytest.approx(flip_loss, rel=1e-6)
     meta = json.loads((tmp_path / "results" / "run" / "metrics.json").read_text())
     assert meta["final_flip"]["test_acc"] == pytest.approx(flip_acc)
+
+
+def test_paired_runs_share_initial_weights_and_write_their_predictions(tree, tmp_path):
+    plain = dict(mixup=0.0, cutmix=0.0, randaugment="", ema=0.0, epochs=1, warmup_epochs=0)
+    full = T.train(config(tree, tmp_path, **plain, shared_init=True, save_predictions=True))
+    other = T.train(
+        config(
+            tree,
+            tmp_path,
+            **plain,
+            model_kwargs="use_positions=False",
+            shared_init=True,
+            out_dir=str(tmp_path / "results" / "other"),
+        )  # fmt: skip
+    )
+    # the initial weights, rebuilt the way the engine builds them
+    T.seed_everything(0)
+    init_full = T.create_model(T.TrainConfig.from_dict(config(tree, tmp_path)), 3).state_dict()
+    T.seed_everything(0)
+    own = T.create_model(
+        T.TrainConfig.from_dict(config(tree, tmp_path, model_kwargs="use_positions=False")), 3
+    )
+    T.seed_everything(0)
+    kept = T.share_initial_weights(
+        own, T.create_model(T.TrainConfig.from_dict(config(tree, tmp_path)), 3)
+    )
+    assert kept == ["patch_embed.proj.weight"], "only the stem's input channels differ"
+    assert all(torch.equal(own.state_dict()[k], init_full[k]) for k in init_full if k not in kept)
+    assert other["own_initial_weights"] == kept and full["own_initial_weights"] == []
+
+    meta = json.loads((tmp_path / "results" / "run" / "metrics.json").read_text())
+    assert meta["fingerprint"] == T.model_fingerprint(full["model"])
+    assert meta["recipe"] == T.recipe(T.TrainConfig.from_dict(meta["config"]))
+    assert "model_kwargs" not in meta["recipe"] and "out_dir" not in meta["recipe"]
+    assert meta["out_dir"] == str(tmp_path / "results" / "run")  # outside the repository: kept
+    with np.load(tmp_path / "results" / "run" / "predictions.npz") as f:
+        label, pred = f["label"], f["pred"]
+    assert len(label) == len(pred) == full["test_images"] == 12
+    assert 100 * (label == pred).mean() == pytest.approx(full["final"]["test_acc"])
+    assert not (tmp_path / "results" / "other" / "predictions.npz").exists(), "not asked for"
+
+
+def test_paths_inside_the_repository_are_recorded_relative_to_it():
+    assert T.portable_path(T.REPO_ROOT / "results" / "x") == "results/x"
+    assert T.portable_path("results/x") == "results/x" and T.portable_path("") == ""
+    assert T.portable_path("/elsewhere/x") == "/elsewhere/x"
+    assert T.portable_source("archive /a/b/cifar.tar.gz") == "archive cifar.tar.gz"
+
+
+def test_a_checkpoint_of_another_architecture_is_not_resumed(tree, tmp_path):
+    cfg = config(tree, tmp_path, mixup=0.0, cutmix=0.0, stop_after_epochs=1)
+    T.train(cfg)
+    ckpt_path = tmp_path / "checkpoints" / "run" / "last.pt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    ckpt["fingerprint"] = "0" * 16  # as if the code had changed the model since
+    torch.save(ckpt, ckpt_path)
+    with pytest.raises(T.ConfigError, match="model fingerprint"):
+        T.train(cfg | {"stop_after_epochs": 0})
 
 
 # ---- two processes --------------------------------------------------------------------------

@@ -1,0 +1,68 @@
+"""Model fingerprints: what changes the function changes the hash, nothing else does; every
+committed results file names the fingerprint of the model the code builds today."""
+
+import json
+from pathlib import Path
+
+import pytest
+import timm
+
+import cocs  # noqa: F401  (registers the models)
+from cocs.fingerprint import describe_model, model_fingerprint
+from cocs.train import TrainConfig, create_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fp(**kwargs) -> str:
+    return model_fingerprint(timm.create_model("coc_cifar", **kwargs))
+
+
+def test_recipe_and_layout_do_not_change_the_fingerprint():
+    base = fp()
+    assert len(base) == 16 and base == fp()  # stable within a process and over rebuilds
+    assert fp(lean_mlp=True) == fp(channels_last=False) == fp(drop_path_rate=0.2) == base
+    assert fp(layer_scale_init_value=1e-3) == base  # an initial value, not the architecture
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(heads=(4, 4, 8, 8), head_dim=16),  # same parameter count, other heads
+        dict(proposal_w=1, proposal_h=1),
+        dict(fold_w=1, fold_h=1),
+        dict(similarity="cosine"),
+        dict(center_iters=2),
+        dict(use_positions=False),
+        dict(mixer="none"),
+        dict(down_patch_size=2, down_pad=0),
+        dict(global_pool=""),
+    ],
+    ids=lambda c: ",".join(c),
+)
+def test_every_architectural_change_changes_it(change):
+    assert fp(**change) != fp()
+
+
+def test_the_description_names_the_hyper_parameters():
+    text = "\n".join(describe_model(timm.create_model("coc_cifar")))
+    assert "heads=2, head_dim=32, proposal=2x2, fold=4x4, similarity=sigmoid" in text
+    assert "use_positions=True" in text and "param head.weight: (10, 256)" in text
+
+
+def committed_metrics() -> list[Path]:
+    return sorted((ROOT / "results").rglob("metrics.json"))
+
+
+@pytest.mark.parametrize("path", committed_metrics(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_committed_result_is_of_the_model_built_today(path):
+    meta = json.loads(path.read_text())
+    where = path.relative_to(ROOT)
+    assert "fingerprint" in meta, f"{where} records no model fingerprint"
+    known = {f for f in TrainConfig.__dataclass_fields__}
+    cfg = TrainConfig.from_dict({k: v for k, v in meta["config"].items() if k in known})
+    today = model_fingerprint(create_model(cfg, num_classes=len(meta["classes"])))
+    assert meta["fingerprint"] == today, (
+        f"{where} was written by a model with fingerprint {meta['fingerprint']}, but the code "
+        f"builds {today} for its config today: run its chapter again"
+    )

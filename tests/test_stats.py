@@ -1,0 +1,64 @@
+"""Paired differences over seeds: the two parts of the uncertainty, and the interval."""
+
+import numpy as np
+import pytest
+from scipy import stats as st
+
+from cocs.stats import paired_difference
+
+
+def _pair(n: int, p10: float, p01: float, rng) -> tuple[np.ndarray, np.ndarray]:
+    """a and b agree except on a fraction p10 (a right, b wrong) and p01 (a wrong, b right)."""
+    u = rng.random(n)
+    base = rng.random(n) < 0.7
+    a = np.where(u < p10, True, np.where(u < p10 + p01, False, base))
+    b = np.where(u < p10, False, np.where(u < p10 + p01, True, base))
+    return a, b
+
+
+def test_the_test_set_part_is_the_paired_binomial_error():
+    rng = np.random.default_rng(0)
+    a, b = _pair(20_000, 0.08, 0.05, rng)
+    a, b = np.stack([a, a]), np.stack([b, b])  # two seeds with identical outcomes
+    d = paired_difference(a, b)
+    p10, p01 = (a[0] & ~b[0]).mean(), (~a[0] & b[0]).mean()
+    analytic = 100 * np.sqrt((p10 + p01 - (p10 - p01) ** 2) / a.shape[1])
+    assert d.se_seed == 0 and d.df == float("inf")
+    assert d.se_test == pytest.approx(analytic, rel=0.08)
+    assert d.mean == pytest.approx(100 * (p10 - p01))
+    assert d.low == pytest.approx(d.mean - 1.959964 * d.se_test)
+    assert d.detectable == pytest.approx((1.959964 + 0.841621) * d.se_test)
+
+
+def test_the_seed_part_widens_the_interval_with_few_degrees_of_freedom():
+    rng = np.random.default_rng(1)
+    pairs = [_pair(10_000, p10, 0.05, rng) for p10 in (0.05, 0.07, 0.09)]
+    a, b = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+    d = paired_difference(a, b)
+    per_seed = 100 * (a.mean(1) - b.mean(1))
+    assert d.per_seed == pytest.approx(tuple(per_seed))
+    assert d.se_seed == pytest.approx(per_seed.std(ddof=1) / np.sqrt(3))
+    var = d.se_seed**2 + d.se_test**2
+    assert d.df == pytest.approx(var**2 / (d.se_seed**4 / 2))
+    assert 2 <= d.df < 10
+    half = d.high - d.mean
+    assert half == pytest.approx(st.t.ppf(0.975, d.df) * np.sqrt(var))
+    assert half > 1.96 * np.sqrt(var), "few seeds: wider than a normal interval"
+
+
+def test_the_interval_covers_the_truth_about_as_often_as_it_says():
+    rng = np.random.default_rng(2)
+    hits = 0
+    for _ in range(200):
+        a, b = _pair(2000, 0.06, 0.04, rng)  # true difference +2 points, test set only
+        a2, b2 = _pair(2000, 0.06, 0.04, rng)
+        d = paired_difference(np.stack([a, a2]), np.stack([b, b2]), boot=400)
+        hits += d.low <= 2.0 <= d.high
+    assert hits >= 180, f"a 95% interval covered the true difference {hits} times in 200"
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match="at least 2 paired seeds"):
+        paired_difference(np.ones((1, 5), bool), np.ones((1, 5), bool))
+    with pytest.raises(ValueError, match="must both be"):
+        paired_difference(np.ones((2, 5), bool), np.ones((2, 4), bool))
