@@ -7,7 +7,7 @@ the two CIFAR peers of ``coc_cifar`` (``resnet_cifar``, ``vit_cifar``, in ``cocs
 from . import model as _model  # noqa: F401  (registers the timm variants)
 from . import peers as _peers  # noqa: F401  (registers resnet_cifar and vit_cifar)
 from .cluster import Cluster, ClusterOutput, context_cluster
-from .model import ContextCluster, capture_assignments, create_model
+from .model import ContextCluster, capture_assignments, capture_similarities, create_model
 from .official import OFFICIAL_VARIANTS, load_official_checkpoint
 from .points import coordinates, image_to_points, points_to_image, with_positions
 
@@ -17,6 +17,7 @@ __all__ = [
     "ContextCluster",
     "OFFICIAL_VARIANTS",
     "capture_assignments",
+    "capture_similarities",
     "context_cluster",
     "coordinates",
     "create_model",

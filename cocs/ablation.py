@@ -39,7 +39,9 @@ __all__ = [
     "relative_costs",
     "run_config",
     "schedule",
+    "similarity_diagnosis",
     "summarise",
+    "test_images",
 ]
 
 
@@ -441,3 +443,71 @@ def findings(differences: pd.DataFrame, paper: dict) -> pd.DataFrame:
         row["verdict"] = verdict(f, low, high)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def test_images(cfg, n: int) -> torch.Tensor:
+    """``n`` normalised test images of ``cfg``'s data set, evenly spread over the split (which
+    is stored class by class): (n, 3, H, W)."""
+    from . import data as D
+    from .train import build_data
+
+    bundle = build_data(cfg)
+    idx = torch.linspace(0, len(bundle.test) - 1, min(n, len(bundle.test))).long().tolist()
+    x, _ = bundle.test.__getitems__(idx)
+    return D.normalize(x, bundle.mean, bundle.std)
+
+
+def similarity_diagnosis(model: torch.nn.Module, images: torch.Tensor) -> pd.DataFrame:
+    """How the clusters' aggregates are weighted, per stage: the evidence for why the raw
+    cosine similarity trains worse than the sigmoid of it.
+
+    A cluster's aggregate is (v_c + sum_i s_i v_i) / (1 + sum_i s_i). With the sigmoid every
+    s_i is in (0, 1) and the denominator is at least 1; with the raw cosine similarity s_i can
+    be negative, and the denominator of a cluster can come near zero, which scales its
+    aggregate, and the gradient through it, without bound.
+
+    Args:
+        model: a ``coc_cifar``-like model (eval mode is set here).
+        images: (B, 3, H, W) normalised images.
+    Returns one row per stage: ``negative`` (share of points whose similarity to their centre
+    is below 0), ``den_small`` (share of clusters with |1 + sum s| < 0.25), ``den_median`` and
+    ``den_min`` (median and smallest |1 + sum s| over clusters), ``gain_max`` (the largest
+    |s_i| / |1 + sum s| of a point: how much one point's value is amplified in the output).
+    """
+    from .model import capture_assignments, capture_similarities
+
+    model.eval()
+    with torch.no_grad(), capture_assignments(model) as assign, capture_similarities(model) as sim:
+        model(images)
+    rows = []
+    for name, a in assign.items():
+        s = sim[name].float()  # (B, heads, H, W)
+        stage = int(name.split(".")[1]) // 2 + 1  # network.0 -> 1, network.2 -> 2, ...
+        flat_a, flat_s = a.flatten(2), s.flatten(2)  # (B, heads, N)
+        centres = int(flat_a.max()) + 1
+        den = torch.ones(*flat_a.shape[:2], centres).scatter_add_(2, flat_a, flat_s)
+        used = torch.zeros_like(den).scatter_add_(2, flat_a, torch.ones_like(flat_s)) > 0
+        den_used = den[used].abs()  # (clusters that have points,)
+        gain = flat_s.abs() / den.gather(2, flat_a).abs().clamp_min(1e-6)
+        rows.append(
+            {
+                "layer": name,
+                "stage": stage,
+                "negative": float((s < 0).float().mean()),
+                "den_small": float((den_used < 0.25).float().mean()),
+                "den_median": float(den_used.median()),
+                "den_min": float(den_used.min()),
+                "gain_max": float(gain.max()),
+            }
+        )
+    return (
+        pd.DataFrame(rows)
+        .groupby("stage", as_index=False)
+        .agg(
+            negative=("negative", "mean"),
+            den_small=("den_small", "mean"),
+            den_median=("den_median", "median"),
+            den_min=("den_min", "min"),
+            gain_max=("gain_max", "max"),
+        )
+    )

@@ -33,6 +33,7 @@ class ClusterOutput(NamedTuple):
 
     out: Tensor  # (B, H, W, heads * D) dispatched features
     assignment: Tensor  # (B, heads, H, W) int64: index of the centre each point joined
+    similarity: Tensor  # (B, heads, H, W): each point's similarity to that centre (no grad)
 
 
 def _check(points: Tensor, values: Tensor, heads: int, fold_w: int, fold_h: int) -> None:
@@ -140,7 +141,8 @@ class _FixedCentreCluster(torch.autograd.Function):
     gradient with gathers and scatter-adds of the same size as the forward pass. Its equality
     with autograd's gradient is tested (tests/test_cluster.py, gradcheck in float64).
 
-    x (G, h, w, D), values (G, h, w, Dv), alpha, beta (1,) -> out (G, N, Dv), index (G, N).
+    x (G, h, w, D), values (G, h, w, Dv), alpha, beta (1,) -> out (G, N, Dv), index (G, N),
+    and each point's similarity to its centre (G, N), returned for analysis without a gradient.
     """
 
     @staticmethod
@@ -169,11 +171,11 @@ class _FixedCentreCluster(torch.autograd.Function):
             xn, x_norm, cn, c_norm, v, clusters, den, s, idx, flat, cos_sel, alpha
         )
         ctx.shape, ctx.pool, ctx.use_sigmoid = (G, h, w, D, Dv), pool, use_sigmoid
-        ctx.mark_non_differentiable(idx)
-        return out, idx
+        ctx.mark_non_differentiable(idx, s)
+        return out, idx, s
 
     @staticmethod
-    def backward(ctx, d_out, _d_idx):
+    def backward(ctx, d_out, _d_idx, _d_s):
         xn, x_norm, cn, c_norm, v, clusters, den, s, idx, flat, cos_sel, alpha = ctx.saved_tensors
         G, h, w, D, Dv = ctx.shape
         M = clusters.shape[1]
@@ -239,7 +241,9 @@ def context_cluster(
         _autograd: compute fixed centres through autograd rather than the hand-derived
             backward of :class:`_FixedCentreCluster` (for tests; same result).
     Returns:
-        ClusterOutput(out (B, H, W, heads * Dv), assignment (B, heads, H, W)); assignment
+        ClusterOutput(out (B, H, W, heads * Dv), assignment (B, heads, H, W), similarity
+        (B, heads, H, W)); similarity is each point's similarity to the centre it joined, the
+        weight with which it enters that cluster's aggregate (without a gradient); assignment
         numbers the centres of region (r_w, r_h) as (r_w * fold_h + r_h) * M + m, with m in
         row-major order over the proposal grid.
     """
@@ -262,7 +266,7 @@ def context_cluster(
             torch.as_tensor(t, dtype=v.dtype, device=v.device).reshape(1)
             for t in (sim_alpha, sim_beta)
         )
-        out, idx = _FixedCentreCluster.apply(
+        out, idx, s = _FixedCentreCluster.apply(
             x, v.to(x.dtype), alpha, beta, proposal_w, proposal_h, similarity == "sigmoid"
         )
     else:
@@ -285,10 +289,11 @@ def context_cluster(
     )
     region = torch.arange(fold_w * fold_h, device=idx.device).view(1, 1, -1, 1) * M
     assignment = idx.view(B, heads, fold_w * fold_h, h * w) + region
-    assignment = rearrange(
-        assignment, "b e (f1 f2) (h w) -> b e (f1 h) (f2 w)", f1=fold_w, f2=fold_h, h=h
-    )
-    return ClusterOutput(out, assignment)
+    to_map = "b e (f1 f2) (h w) -> b e (f1 h) (f2 w)"
+    assignment = rearrange(assignment, to_map, f1=fold_w, f2=fold_h, h=h)
+    similarity = rearrange(s.detach().view(B, heads, fold_w * fold_h, h * w), to_map,
+                           f1=fold_w, f2=fold_h, h=h)  # fmt: skip
+    return ClusterOutput(out, assignment, similarity)
 
 
 class Cluster(nn.Module):
@@ -299,7 +304,8 @@ class Cluster(nn.Module):
     one fused channels-last matrix product for ``f`` and ``v``, which is the same arithmetic.
 
     Input and output: (B, dim, H, W) -> (B, out_dim, H, W). After a forward pass,
-    ``last_assignment`` holds the (B, heads, H, W) assignment when ``keep_assignment`` is set.
+    ``last_assignment`` and ``last_similarity`` hold the (B, heads, H, W) assignment and each
+    point's similarity to its centre when ``keep_assignment`` is set.
     """
 
     def __init__(
@@ -328,6 +334,7 @@ class Cluster(nn.Module):
         self.sim_beta = nn.Parameter(torch.zeros(1))
         self.keep_assignment = False
         self.last_assignment: Tensor | None = None
+        self.last_similarity: Tensor | None = None
 
     def _mix(self, points: Tensor, values: Tensor) -> Tensor:
         """Cluster, then project: (B, H, W, heads * head_dim) x 2 -> (B, H, W, out_dim)."""
@@ -346,6 +353,7 @@ class Cluster(nn.Module):
         )
         if self.keep_assignment:
             self.last_assignment = res.assignment.detach()
+            self.last_similarity = res.similarity
         return F.linear(res.out, self.proj.weight.flatten(1), self.proj.bias)
 
     def forward(self, x: Tensor) -> Tensor:

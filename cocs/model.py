@@ -427,6 +427,20 @@ def capture_assignments(model: nn.Module) -> Iterator[dict[str, Tensor]]:
     Yields a dict that fills with ``{module name: (B, heads, H, W) assignment}``: the values that
     :func:`cocs.cluster.context_cluster` returned, taken from the layers through forward hooks.
     """
+    with _capture(model, "last_assignment") as found:
+        yield found
+
+
+@contextlib.contextmanager
+def capture_similarities(model: nn.Module) -> Iterator[dict[str, Tensor]]:
+    """Like :func:`capture_assignments`, for each point's similarity to the centre it joined:
+    ``{module name: (B, heads, H, W)}``, the weights of the clusters' aggregates."""
+    with _capture(model, "last_similarity") as found:
+        yield found
+
+
+@contextlib.contextmanager
+def _capture(model: nn.Module, attribute: str) -> Iterator[dict[str, Tensor]]:
     found: dict[str, Tensor] = {}
     handles = []
     for name, module in model.named_modules():
@@ -434,7 +448,7 @@ def capture_assignments(model: nn.Module) -> Iterator[dict[str, Tensor]]:
             module.keep_assignment = True
 
             def hook(mod, _inp, _out, name=name):
-                found[name] = mod.last_assignment
+                found[name] = getattr(mod, attribute)
 
             handles.append(module.register_forward_hook(hook))
     try:
@@ -444,7 +458,8 @@ def capture_assignments(model: nn.Module) -> Iterator[dict[str, Tensor]]:
             h.remove()
         for module in model.modules():
             if isinstance(module, Cluster):
-                module.keep_assignment, module.last_assignment = False, None
+                module.keep_assignment = False
+                module.last_assignment = module.last_similarity = None
 
 
 # registry ----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import pandas as pd
 
 from .handbook import atomic_write_text
 
-__all__ = ["BEGIN", "END", "SECTIONS", "readme_block", "render", "update_readme"]
+__all__ = ["BEGIN", "END", "SECTIONS", "readme_block", "render", "stale_results", "update_readme"]
 
 BEGIN = "<!-- results:begin (written by notebooks/08_results.py; do not edit) -->"
 END = "<!-- results:end -->"
@@ -152,26 +152,59 @@ def _imagenette(results: Path) -> str | None:
     return _md(shown, 1) + f"\n\n{df['hardware'].iloc[0]}, {df['threads'].iloc[0]} threads."
 
 
+def _interval(row: pd.Series) -> str:
+    if pd.isna(row["mean"]):
+        return ""
+    return f"{row['mean']:+.2f} [{row['low']:+.2f}, {row['high']:+.2f}]"
+
+
 def _ablations(results: Path) -> str | None:
     folder = results / "06_ablations"
-    if not (folder / "summary.csv").is_file():
+    if not (folder / "summary.csv").is_file() or not (folder / "study.json").is_file():
         return None
+    study = json.loads((folder / "study.json").read_text())
     df = pd.read_csv(folder / "summary.csv")
+    diffs = pd.read_csv(folder / "differences.csv")
+    vs_full = diffs[diffs["a"] == "full"].set_index("b")
+    paper = df["paper_says"].where(
+        df["paper_delta"].isna(), df["paper_delta"].map("{:+.1f}".format)
+    )
     shown = pd.DataFrame(
         {
             "ablation": df["label"],
-            "test acc. (%), mean": df["acc_mean"],
-            "sd": df["acc_std"],
+            "test acc. (%), mean ± sd": [
+                f"{m:.2f} ± {sd:.2f}" for m, sd in zip(df["acc_mean"], df["acc_std"], strict=True)
+            ],
             "seeds": df["seeds"],
-            "change": df["delta"],
-            "paper: change (ImageNet)": _blank_if_missing(df["paper_delta"].round(2)),
+            "change vs full [95% interval]": [
+                "" if k not in vs_full.index else _interval(vs_full.loc[k]) for k in df["key"]
+            ],
+            "detectable": [
+                "" if k not in vs_full.index or pd.isna(vs_full.loc[k, "detectable"])
+                else f"{vs_full.loc[k, 'detectable']:.2f}"
+                for k in df["key"]
+            ],
+            "paper (ImageNet, CoC-Small)": paper.fillna(""),
         }
-    )
-    text = _md(shown)
+    )  # fmt: skip
+    text = f"{study['caption']}\n\n" + shown.to_markdown(index=False)
     findings = folder / "findings.csv"
     if findings.is_file():
         f = pd.read_csv(findings)
-        text += "\n\n" + _md(f[["claim", "gap", "noise", "verdict"]])
+        ours = [
+            "" if pd.isna(r["difference"]) else
+            f"{r['difference']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]"
+            for _, r in f.iterrows()
+        ]  # fmt: skip
+        table = pd.DataFrame(
+            {
+                "paper's claim": f["claim"],
+                "better - worse, ours": ours,
+                "verdict": f["verdict"],
+                "paper": f["paper"],
+            }  # fmt: skip
+        )
+        text += "\n\n" + table.to_markdown(index=False)
     return text
 
 
@@ -218,13 +251,44 @@ SECTIONS: tuple[tuple[str, Callable[[Path], str | None], str], ...] = (
 )
 
 
+def stale_results(folder: str | os.PathLike) -> list[str]:
+    """Why each ``metrics.json`` under ``folder`` does not describe the model the code builds
+    today: no fingerprint, or another one. Empty when every file is current."""
+    from .fingerprint import model_fingerprint
+    from .train import TrainConfig, create_model
+
+    known = set(TrainConfig.__dataclass_fields__)
+    problems = []
+    for path in sorted(Path(folder).rglob("metrics.json")):
+        meta = json.loads(path.read_text())
+        cfg = TrainConfig.from_dict({k: v for k, v in meta["config"].items() if k in known})
+        today = model_fingerprint(create_model(cfg, num_classes=len(meta["classes"])))
+        if meta.get("fingerprint") != today:
+            problems.append(
+                f"{path.relative_to(folder)} was written by a model with fingerprint "
+                f"{meta.get('fingerprint', '(none)')}; the code builds {today} for its config today"
+            )
+    return problems
+
+
 def render(results_dir: str | os.PathLike) -> str:
-    """Every result table of the handbook as Markdown, read from ``results_dir``."""
+    """Every result table of the handbook as Markdown, read from ``results_dir``.
+
+    A section whose training results are stale (:func:`stale_results`) is not tabulated: it
+    names the files and the command that regenerates them instead.
+    """
     results = Path(results_dir)
     parts = []
     for title, reader, command in SECTIONS:
-        body = reader(results)
-        parts.append(f"### {title}\n\n{body if body is not None else f'Not run yet: `{command}`.'}")
+        chapter = command.split()[-1]
+        stale = stale_results(results / chapter) if (results / chapter).is_dir() else []
+        if stale:
+            listed = "; ".join(f"`{chapter}/{p}`" for p in stale)
+            body = f"Not tabulated: stale results ({listed}). Regenerate them: `{command}`."
+        else:
+            body = reader(results)
+            body = body if body is not None else f"Not run yet: `{command}`."
+        parts.append(f"### {title}\n\n{body}")
     return "\n\n".join(parts) + "\n"
 
 

@@ -67,6 +67,7 @@ cost_repeats = 5  # timing rounds of the relative-cost measurement
 results_dir = "results"
 
 # %%
+import json
 import os
 import time
 from pathlib import Path
@@ -75,9 +76,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from IPython.display import display
 
 from cocs.ablation import (
     ABLATIONS,
+    FINDINGS,
     compare,
     findings,
     finished_run,
@@ -85,11 +88,14 @@ from cocs.ablation import (
     run_config,
     run_study,
     schedule,
+    similarity_diagnosis,
     summarise,
+    test_images,
 )
 from cocs.bench import hardware_name
 from cocs.handbook import atomic_write_text, results_path, save_figure, write_csv
 from cocs.paper import numbers
+from cocs.train import create_model, load_trained, resolve_ckpt_dir
 
 started = time.perf_counter()
 if num_threads:
@@ -175,7 +181,15 @@ estimate.groupby("key", sort=False)["minutes"].sum().round(1)
 # %%
 runs, correct = run_study(plan, globals(), out, train_missing=train_missing)
 write_csv(runs, out / "runs.csv")
+paper = numbers()
+paper_top1 = {row["key"]: row["top1"] for row in paper["ablations"]}
+claim_of = {f.worse if f.expect == "better" else f.better: f.paper_claim for f in FINDINGS}
 summary = summarise(runs)
+summary["paper_top1"] = summary["key"].map(paper_top1)
+summary["paper_delta"] = summary["paper_top1"] - paper_top1["full"]
+summary["paper_says"] = summary["key"].map(
+    lambda k: paper["ablation_claims"].get(claim_of.get(k, ""), "")
+)
 write_csv(summary, out / "summary.csv")
 trained = runs[~runs["reused"]]
 print(
@@ -218,8 +232,6 @@ differences[["question", "seeds", "mean", "low", "high", "detectable", "per_seed
 # scale on which their intervals can be read.
 
 # %%
-paper = numbers()
-paper_top1 = {row["key"]: row["top1"] for row in paper["ablations"]}
 vs_full = differences[differences["a"] == "full"].copy()
 vs_full["label"] = vs_full["b"].map(lambda k: known[k].label)
 vs_full["paper"] = vs_full["b"].map(paper_top1) - paper_top1["full"]
@@ -277,7 +289,88 @@ for _, f in verdicts.iterrows():
     )
 text = f"# Ablations of coc_cifar on CIFAR-10\n\n{caption}\n\n" + "\n".join(lines) + "\n"
 atomic_write_text(out / "findings.md", text)
+study = {
+    "caption": caption,
+    "epochs": epochs,
+    "train_images": int(first["train_images"]),
+    "test_images": int(first["test_images"]),
+    "runs": len(runs),
+    "training_hours": runs["minutes"].sum() / 60,
+    "hardware": first["hardware"],
+    "threads": int(first["threads"]),
+}
+atomic_write_text(out / "study.json", json.dumps(study, indent=2) + "\n")
 print(text)
+
+# %% [markdown]
+# ## Why the raw similarity loses
+#
+# A cluster's aggregate is (v_c + sum_i s_i v_i) / (1 + sum_i s_i). The sigmoid keeps every
+# weight s_i in (0, 1), so the denominator is at least 1. The raw cosine similarity lies in
+# [-1, 1]: a point can join a centre it points away from, with a negative weight, and the
+# denominator of a cluster can come near zero, which scales its aggregate, and the gradient
+# through it, without bound. `cocs.ablation.similarity_diagnosis` measures this on 512 test
+# images, from the weights the operation returns (`ClusterOutput.similarity`), for the trained
+# models (from their checkpoints, where this machine has them; otherwise the committed
+# `diagnosis.csv` is shown) and, as a control, for the same models before training.
+
+# %%
+diagnosis_csv = out / "diagnosis.csv"
+pairs = [(k, s) for k, s in runs[["key", "seed"]].itertuples(index=False)
+         if k in ("full", "raw_similarity")]  # fmt: skip
+checkpoints = {
+    (k, s): resolve_ckpt_dir(run_config(k, s, globals(), out)) / "last.pt" for k, s in pairs
+}
+if pairs and all(p.is_file() for p in checkpoints.values()):
+    images = test_images(run_config("full", 0, globals(), out), 512)
+    parts = []
+    for (k, s), path in checkpoints.items():
+        trained, cfg = load_trained(path)
+        parts.append(similarity_diagnosis(trained, images).assign(key=k, seed=s, weights="trained"))
+        torch.manual_seed(s)
+        parts.append(similarity_diagnosis(create_model(cfg, 10), images).assign(
+            key=k, seed=s, weights="initial"))  # fmt: skip
+    diagnosis = pd.concat(parts, ignore_index=True)
+    write_csv(diagnosis, diagnosis_csv)
+elif diagnosis_csv.is_file():
+    diagnosis = pd.read_csv(diagnosis_csv)
+    print(f"checkpoints not on this machine: showing the committed {diagnosis_csv.name}")
+else:
+    diagnosis = None
+    print("no raw-similarity runs and no committed diagnosis: nothing to show")
+if diagnosis is not None:
+    shown = diagnosis.groupby(["key", "weights", "stage"])[
+        ["negative", "den_small", "den_median", "den_min", "gain_max"]
+    ].mean()
+    display(shown.round(3))
+
+# %% [markdown]
+# ## Why this model trains without positions
+#
+# The paper reports that without position information its network failed to train. A point
+# that carries only colour still sits somewhere, and a network can learn where from other
+# cues: the point reducers between stages are strided 3x3 convolutions with zero padding, so
+# a point on the border of the map sees zeros where an inner point sees neighbours, and every
+# reducer mixes each point with its spatial neighbours, so locality is built in whatever the
+# points carry. The pad-free pair of variants removes the first cue (2x2 reducers with stride
+# 2 and no padding see only real points), and compares positions against none there.
+
+# %%
+pos = differences[
+    ((differences["a"] == "full") & (differences["b"] == "no_positions"))
+    | (differences["b"] == "no_positions_no_pad")
+    | ((differences["a"] == "full") & (differences["b"] == "full_no_pad"))
+]
+display(pos[["question", "seeds", "mean", "low", "high", "detectable"]].round(2))
+for _, r in runs[runs["key"].str.startswith("no_positions")].iterrows():
+    assert r["test_acc"] > 10, f"{r['key']} seed {r['seed']} did not train (chance is 10%)"
+print(
+    "every run without positions trained: "
+    + ", ".join(
+        f"{k} {g['test_acc'].mean():.1f}%"
+        for k, g in runs[runs["key"].str.startswith("no_positions")].groupby("key")
+    )
+)
 
 # %% [markdown]
 # ## What fixed centres save

@@ -34,6 +34,7 @@ def loop_cluster(
     M = proposal_w * proposal_h
     out = torch.zeros(B, H, W, heads * Dv, dtype=torch.float64)
     assign = torch.zeros(B, heads, H, W, dtype=torch.long)
+    weight = torch.zeros(B, heads, H, W, dtype=torch.float64)
 
     def sim_of(c, p):
         s = F.cosine_similarity(c, p, dim=0, eps=1e-12)
@@ -82,7 +83,8 @@ def loop_cluster(
                 if k == m:
                     out[b, rows[i], cols[j], e * Dv : (e + 1) * Dv] = s * g
                     assign[b, e, rows[i], cols[j]] = (r1 * fold_h + r2) * M + m
-    return out, assign
+                    weight[b, e, rows[i], cols[j]] = s
+    return out, assign, weight
 
 
 CASES = [  # (H, W, heads, proposal_w, proposal_h, fold_w, fold_h)
@@ -110,11 +112,12 @@ def test_matches_loop(case, similarity, center_iters):
         center_iters=center_iters,
         **kw,
     )
-    want, want_assign = loop_cluster(
+    want, want_assign, want_sim = loop_cluster(
         points, values, alpha=1.7, beta=-0.3, similarity=similarity, center_iters=center_iters, **kw
     )
     torch.testing.assert_close(res.out.double(), want, atol=1e-5, rtol=1e-5)
     assert torch.equal(res.assignment, want_assign)
+    torch.testing.assert_close(res.similarity.double(), want_sim, atol=1e-5, rtol=1e-5)
 
 
 def test_assignment_is_one_hot_within_its_region():
