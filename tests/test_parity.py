@@ -90,3 +90,68 @@ def test_checkpoint_of_another_variant_is_named(official_layout):
 def test_missing_checkpoint_file_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no checkpoint at .*nothing\.pth"):
         load_official_checkpoint(tmp_path / "nothing.pth", "coc_tiny")
+
+
+def _saver_file(state: dict, path, ema: dict | None = None):
+    """A file as timm's CheckpointSaver writes it for the authors' train.py: the command line as
+    an argparse.Namespace, the optimizer's state, the epoch, and the EMA weights."""
+    import argparse
+
+    model = timm.create_model("coc_tiny")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ckpt = {
+        "epoch": 299,
+        "arch": "coc_tiny",
+        "state_dict": {f"module.{k}": v for k, v in state.items()},
+        "optimizer": opt.state_dict(),
+        "version": 2,
+        "args": argparse.Namespace(model="coc_tiny", lr=1e-3, model_ema=True, epochs=300),
+        "metric": 71.8,
+    }
+    if ema is not None:
+        ckpt["state_dict_ema"] = ema
+    torch.save(ckpt, path)
+    return path
+
+
+def test_a_complete_training_checkpoint_loads_safely_by_path(official_layout, tmp_path):
+    layout = official_layout["coc_tiny"]
+    state, ema = _random_state(layout), _random_state(layout)
+    path = _saver_file(state, tmp_path / "model_best.pth.tar", ema=ema)
+    with pytest.raises(Exception, match="argparse"):  # what plain weights-only loading says
+        torch.load(path, weights_only=True)
+    plain = load_official_checkpoint(path, "coc_tiny")
+    torch.testing.assert_close(plain.head.weight, state["head.weight"])
+    averaged = load_official_checkpoint(path, "coc_tiny", use_ema=True)
+    torch.testing.assert_close(averaged.head.weight, ema["head.weight"])
+    in_memory = load_official_checkpoint(torch.load(path, weights_only=False), "coc_tiny")
+    torch.testing.assert_close(in_memory.head.weight, state["head.weight"])
+    only_ema = {"state_dict_ema": ema}
+    torch.testing.assert_close(
+        load_official_checkpoint(only_ema, "coc_tiny").head.weight, ema["head.weight"]
+    )
+    with pytest.raises(ValueError, match="no 'state_dict_ema'"):
+        load_official_checkpoint({"state_dict": state}, "coc_tiny", use_ema=True)
+
+
+class Odd:
+    """An object of a class that no weights-only load allows."""
+
+
+def test_other_python_objects_are_refused_not_unpickled(tmp_path):
+    path = tmp_path / "odd.pth"
+    torch.save({"state_dict": {}, "extra": Odd()}, path)
+    with pytest.raises(ValueError, match="weights-only load refuses"):
+        load_official_checkpoint(path, "coc_tiny")
+
+
+def test_a_feature_extractor_loads_official_weights(official_layout):
+    state = _random_state(official_layout["coc_small"])
+    model = timm.create_model("coc_small", features_only=True)
+    load_official_checkpoint(state, model)
+    torch.testing.assert_close(
+        model.model.patch_embed.proj.weight, state["patch_embed.proj.weight"]
+    )
+    with pytest.raises(ValueError, match="fits coc_tiny") as err:
+        load_official_checkpoint(_random_state(official_layout["coc_tiny"]), model)
+    assert "fits coc_small" not in str(err.value), "the model itself is never the hint"
