@@ -67,7 +67,9 @@ $(BUILD)/smoke/07_cluster_maps.ipynb: $(foreach n,$(DRAWN),$(BUILD)/smoke/$(n).i
 $(BUILD)/default/08_results.ipynb: $(foreach n,$(TABULATED),$(BUILD)/default/$(n).ipynb)
 $(BUILD)/smoke/08_results.ipynb: $(foreach n,$(TABULATED),$(BUILD)/smoke/$(n).ipynb)
 
-reproduce: $(foreach n,$(NOTEBOOKS),$(BUILD)/default/$(n).ipynb)
+# The plan (stale chapters, their recorded times, the total) first, then one line per chapter.
+reproduce: install
+	$(PY) -m cocs.reproduce
 
 smoke: $(foreach n,$(NOTEBOOKS),$(BUILD)/smoke/$(n).ipynb)
 

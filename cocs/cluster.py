@@ -230,7 +230,13 @@ def context_cluster(
         values: (B, H, W, heads * Dv) features that are aggregated and dispatched.
         heads: independent clusterings, each over its own D channels.
         proposal_w, proposal_h: grid of centres proposed in each region (M = product).
-        fold_w, fold_h: regions along the first and second spatial axis (1, 1: none).
+        fold_w, fold_h: regions along the first and second spatial axis (1, 1: none). A fold
+            of 1 along one axis and k > 1 along the other cuts the map into k strips. The
+            authors' release partitions only when both folds exceed 1 (it tests
+            ``fold_w > 1 and fold_h > 1``), so there a one-sided fold means no regions at all.
+            Every released variant has equal folds, where the two agree; for the rest cocs does
+            what the arguments say, because a fold that is silently ignored is a trap for
+            anyone studying region shapes (chapter 6 varies them).
         sim_alpha, sim_beta: learnable scale and shift of the similarity (scalars or (1,)).
         similarity: "sigmoid" for sigmoid(alpha * cos + beta) as in the paper, "cosine" for the
             raw cosine similarity (an ablation; alpha and beta are then unused).

@@ -269,28 +269,36 @@ def find_archive(dataset: str) -> Path | None:
     return None
 
 
-def _download(spec: DatasetSpec, root: Path, progress: bool) -> DataSource:
-    root.mkdir(parents=True, exist_ok=True)
+def _published(spec: DatasetSpec) -> tuple[str, str, str]:
+    """(url, file name, MD5) of a data set's official archive, as torchvision publishes them."""
+    import torchvision.datasets as tvd
+
     if spec.torchvision:
+        cls = getattr(tvd, spec.torchvision)
+        return cls.url, cls.filename, cls.tgz_md5
+    known = {url: md5 for url, md5 in tvd.Imagenette._ARCHIVES.values()}
+    return spec.url, spec.url.rsplit("/", 1)[-1], known.get(spec.url, "")
+
+
+def _download(spec: DatasetSpec, root: Path, progress: bool) -> DataSource:
+    from .download import download
+
+    root.mkdir(parents=True, exist_ok=True)
+    url, name, md5 = _published(spec)
+    offline = (
+        f"copy {' or '.join(spec.archives) or name} into a folder named by COCS_ARCHIVES"
+        if spec.archives
+        else f"download {url} elsewhere and put it at {root / 'downloads' / name}"
+    )
+    if spec.torchvision:  # torchvision finds the verified archive and only extracts it
         import torchvision.datasets
 
+        download(url, root / name, md5=md5, progress=progress, offline=offline)
         getattr(torchvision.datasets, spec.torchvision)(str(root), train=True, download=True)
-        return DataSource(
-            "torchvision", root, f"downloaded by torchvision.datasets.{spec.torchvision}"
-        )
-    from torchvision.datasets.utils import download_url
-
-    name = spec.url.rsplit("/", 1)[-1]
-    archive = root / "downloads" / name
-    if not archive.is_file():
-        # download_url reuses any file of the target name, so a broken-off download is written
-        # under another name and renamed only once complete.
-        partial = archive.with_name(name + ".part")
-        partial.unlink(missing_ok=True)
-        download_url(spec.url, str(archive.parent), filename=partial.name)
-        os.replace(partial, archive)
+        return DataSource("torchvision", root, f"downloaded from {url}")
+    archive = download(url, root / "downloads" / name, md5=md5, progress=progress, offline=offline)
     tree = _extract(archive, root, spec.folder, progress)
-    return DataSource("tree", tree, f"downloaded from {spec.url}")
+    return DataSource("tree", tree, f"downloaded from {url}")
 
 
 def locate(

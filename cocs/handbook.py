@@ -13,6 +13,7 @@ Command line:
 
     python -m cocs.handbook list
     python -m cocs.handbook run NN_slug [--profile default|smoke] [--results-dir DIR] [--output PATH]
+    python -m cocs.reproduce [--plan]     # every stale chapter's default run, with its plan
 
 Notebooks import the writing helpers from here: `results_path`, `write_csv`, `save_figure`,
 `atomic_write_text` and `atomic_write_bytes`. A reader of a results folder never sees a
@@ -28,6 +29,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -310,6 +312,7 @@ def run_notebook(
     results_dir: str | os.PathLike | None = None,
     output: str | os.PathLike | None = None,
     progress_bar: bool = False,
+    log_output: bool = False,
 ) -> Path:
     """Execute notebook `name` with the parameters of `profile`; returns the executed notebook.
 
@@ -318,6 +321,8 @@ def run_notebook(
         profile: `default` (the notebook's own parameters) or a key of `profiles.yaml`.
         results_dir: overrides the notebook's `results_dir` parameter, e.g. a temporary folder.
         output: the executed `.ipynb`; defaults to `build_path(name, profile)`.
+        progress_bar: papermill's cell-by-cell progress bar (for a terminal).
+        log_output: stream what the cells print into the log as they run (for a log file).
 
     The output appears only when every cell succeeded. When a cell fails, the partly executed
     notebook is kept as `<output stem>.failed.ipynb` and papermill's error propagates; it
@@ -355,6 +360,7 @@ def run_notebook(
             language="python",
             cwd=str(repo_root()),
             progress_bar=progress_bar,
+            log_output=log_output,
         )
     except BaseException:
         if running.exists():
@@ -387,13 +393,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="print the notebook names, in chapter order")
-    run = sub.add_parser("run", help="execute one notebook with a profile's parameters")
+    run = sub.add_parser(
+        "run",
+        help="execute one notebook with a profile's parameters",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     run.add_argument("name", help="NN_slug, the stem of notebooks/NN_slug.py")
     run.add_argument(
         "--profile", default=DEFAULT_PROFILE, help="default, or a key of profiles.yaml"
     )
-    run.add_argument("--results-dir", help="override the notebook's results_dir parameter")
-    run.add_argument("--output", help="executed notebook path (default build/notebooks/<profile>/)")
+    run.add_argument(
+        "--results-dir", help="override the notebook's results_dir parameter (default: its own)"
+    )
+    run.add_argument(
+        "--output", help="executed notebook path (default: build/notebooks/<profile>/NN_slug.ipynb)"
+    )
+    run.add_argument(
+        "--log-output",
+        action="store_true",
+        help="print what the cells print while they run (always on when stderr is no terminal)",
+    )
     args = parser.parse_args(argv)
 
     if args.command == "list":
@@ -404,16 +423,30 @@ def main(argv: list[str] | None = None) -> int:
     from papermill.exceptions import PapermillExecutionError
 
     output = Path(args.output) if args.output else build_path(args.name, args.profile)
+    log_output = args.log_output or not sys.stderr.isatty()
+    if log_output:  # papermill logs each cell's output at INFO level
+        import logging
+
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("  %(message)s"))
+        logging.getLogger("papermill").addHandler(handler)
+        logging.getLogger("papermill").setLevel(logging.INFO)
     try:
         notebook_source(args.name)
         print(f"running {args.name} (profile {args.profile}) -> {_shown(output)}", file=sys.stderr)
+        started = time.perf_counter()
         run_notebook(
             args.name,
             profile=args.profile,
             results_dir=args.results_dir,
             output=output,
-            progress_bar=sys.stderr.isatty(),
+            progress_bar=sys.stderr.isatty() and not log_output,
+            log_output=log_output,
         )
+        if args.profile == DEFAULT_PROFILE and args.results_dir is None and not args.output:
+            from .reproduce import record_timing
+
+            record_timing(args.name, (time.perf_counter() - started) / 60)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -159,7 +159,9 @@ class ContextCluster(nn.Module):
     ``network`` alternates stages (nn.Sequential of ClusterBlock) and point reducers, as in the
     release: network.0 stage 1, network.1 reducer, network.2 stage 2, ...
 
-    Input: (B, in_chans, H, W) images. ``use_positions`` appends the two coordinate channels
+    Input: (B, in_chans, H, W) images. ``fold_w`` and ``fold_h`` cut each stage's map into
+    regions; unlike the release, one fold above 1 partitions even when the other is 1 (see
+    :func:`cocs.cluster.context_cluster`). ``use_positions`` appends the two coordinate channels
     (the paper's 5-D points); without them points carry colour only (an ablation).
     ``lean_mlp`` makes the MLPs recompute their hidden layer in the backward pass instead of
     storing it (see :class:`Mlp`), one value per stage or one for all; the same arithmetic

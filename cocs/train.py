@@ -62,9 +62,7 @@ class TrainConfig:
     drop_path: float = 0.1  # stochastic depth rate
     # data
     dataset: str = "cifar10"  # cifar10, cifar100, imagenette, imagenet or folder
-    data_path: str = (
-        ""  # explicit data location; empty: COCS_DATA_<NAME>, cache, archives, download
-    )
+    data_path: str = ""  # data location; empty: COCS_DATA_<NAME>, cache, archives, download
     download: bool = True  # allow downloading the data set as the last resort
     img_size: int = 32  # side of the images the model sees
     max_per_class: int = 0  # training images kept per class (first in file order); 0: all
@@ -74,7 +72,7 @@ class TrainConfig:
     randaugment: str = ""  # timm RandAugment string such as "rand-m9-mstd0.5-inc1"; empty: off
     mixup: float = 0.0  # Mixup alpha; 0: off
     cutmix: float = 0.0  # CutMix alpha; 0: off
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.1  # weight of the uniform distribution in the target
     # optimisation
     epochs: int = 30  # 0: as many as fit into budget_minutes (see plan_epochs)
     budget_minutes: float = 0.0  # with epochs=0: wall-clock minutes of training and evaluation
@@ -85,7 +83,7 @@ class TrainConfig:
     lr: float = 2e-3  # peak learning rate (not rescaled with the batch size)
     min_lr: float = 1e-5  # learning rate at the end of the cosine
     warmup_epochs: int = 2  # linear warm-up from warmup_lr to lr (may exceed epochs in smoke runs)
-    warmup_lr: float = 1e-6
+    warmup_lr: float = 1e-6  # learning rate of the first warm-up step
     weight_decay: float = 0.05  # not applied to norms, biases and other 1-d parameters
     sched_on_steps: bool = True  # update the learning rate every step (else every epoch)
     clip_grad: float = 0.0  # max gradient norm; 0: off
@@ -93,7 +91,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU), bf16, fp16 or off
     torch_compile: bool = False  # torch.compile the model for training steps (slow first steps)
     # run
-    seed: int = 0
+    seed: int = 0  # initial weights, data order and augmentation
     device: str = "auto"  # auto (CUDA if present), cpu, cuda, cuda:N
     num_workers: int = 0  # DataLoader worker processes
     num_threads: int = 0  # torch CPU threads; 0: leave torch's default
@@ -1103,17 +1101,36 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r} is not a boolean; use true or false")
 
 
+def field_help() -> dict[str, str]:
+    """Each ``TrainConfig`` field's description: the comment beside it in the source, the one
+    place where a setting is explained."""
+    import inspect
+
+    src = inspect.getsource(TrainConfig)
+    out = {}
+    for f in fields(TrainConfig):
+        m = re.search(rf"^\s+{f.name}: \w+ = [^#\n]*#\s*(.+)$", src, re.M)
+        out[f.name] = m.group(1).strip() if m else ""
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """An argparse parser with one ``--name`` option per ``TrainConfig`` field."""
+    """An argparse parser with one ``--name`` option per ``TrainConfig`` field, each with its
+    description and default."""
     parser = argparse.ArgumentParser(
         prog="python -m cocs.train",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    described = field_help()
     for f in fields(TrainConfig):
         kind = _parse_bool if f.type is bool else f.type
         parser.add_argument(
-            f"--{f.name}", type=kind, default=f.default, metavar=f.type.__name__.upper()
+            f"--{f.name}",
+            type=kind,
+            default=f.default,
+            metavar=f.type.__name__.upper(),
+            help=described[f.name].replace("%", "%%"),
         )
     return parser
 

@@ -2,6 +2,7 @@
 committed results file names the fingerprint of the model the code builds today."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,23 @@ def test_every_committed_result_is_of_the_model_built_today(path):
         f"{where} was written by a model with fingerprint {meta['fingerprint']}, but the code "
         f"builds {today} for its config today: run its chapter again"
     )
+
+
+# An absolute POSIX path (not the tail of a URL) or a Windows drive path.
+ABSOLUTE = re.compile(r"(?<![\w:/.])/(?:[\w.-]+/)+[\w.-]*|\b[A-Za-z]:\\")
+
+
+def test_the_pattern_finds_paths_and_spares_urls():
+    assert ABSOLUTE.search('"out_dir": "/home/me/cocs/results/x"')
+    assert ABSOLUTE.search("cache folder /work/main/data")
+    assert not ABSOLUTE.search("https://github.com/a/b and results/04_cifar10/x.csv, 1/2")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in sorted((ROOT / "results").rglob("*")) if p.suffix in (".json", ".csv", ".md")],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_committed_results_name_no_folder_of_the_machine_that_wrote_them(path):
+    found = ABSOLUTE.findall(path.read_text(errors="replace"))
+    assert not found, f"{path.relative_to(ROOT)} holds machine paths {found[:3]}"

@@ -1,0 +1,53 @@
+"""make reproduce: stale chapters found as Make would, a plan with recorded times, a timing log."""
+
+import os
+
+import pandas as pd
+import pytest
+
+from cocs import reproduce as R
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    """A repository with three chapters, 03 reading 01, all built after their sources."""
+    names = ["01_a", "02_b", "03_c"]
+    (tmp_path / "cocs").mkdir()
+    (tmp_path / "cocs" / "lib.py").write_text("")
+    for n in names:
+        (tmp_path / f"{n}.py").write_text("")
+        (tmp_path / f"{n}.ipynb").write_text("")
+    monkeypatch.setattr(R, "repo_root", lambda: tmp_path)
+    monkeypatch.setattr(R, "notebook_names", lambda: names)
+    monkeypatch.setattr(R, "notebook_source", lambda n: tmp_path / f"{n}.py")
+    monkeypatch.setattr(R, "build_path", lambda n, profile="default": tmp_path / f"{n}.ipynb")
+    monkeypatch.setattr(R, "READS", {"03_c": ("01_a",)})
+    t = 1_000_000
+    for i, p in enumerate([tmp_path / "cocs" / "lib.py", *(tmp_path / f"{n}.py" for n in names)]):
+        os.utime(p, (t + i, t + i))
+    for n in names:
+        os.utime(tmp_path / f"{n}.ipynb", (t + 100, t + 100))
+    return tmp_path
+
+
+def test_stale_chapters_follow_sources_library_and_what_they_read(repo):
+    assert R.stale() == []
+    os.utime(repo / "02_b.py", (1_000_200, 1_000_200))
+    assert R.stale() == ["02_b"]
+    os.utime(repo / "01_a.py", (1_000_300, 1_000_300))
+    assert R.stale() == ["01_a", "02_b", "03_c"], "03 reads 01, which runs again"
+    (repo / "02_b.ipynb").unlink()
+    os.utime(repo / "cocs" / "lib.py", (1_000_400, 1_000_400))
+    assert R.stale() == ["01_a", "02_b", "03_c"]
+
+
+def test_the_plan_names_each_chapter_with_its_recorded_time(repo):
+    (repo / "results").mkdir()
+    R.record_timing("01_a", 12.0)
+    R.record_timing("01_a", 90.0)  # the last record counts
+    table = pd.read_csv(R.timings_file())
+    assert table["name"].tolist() == ["01_a", "01_a"] and {"hardware", "finished"} <= set(table)
+    text = R.plan(["01_a", "02_b"])
+    assert "01_a" in text and "about 1 h 30 min" in text and "02_b" in text
+    assert "no time on record" in text and "total: about 1 h 30 min, plus 1 chapter" in text
+    assert R.plan([]).startswith("every chapter's default run is up to date")
