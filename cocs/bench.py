@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import re
 import subprocess
@@ -31,6 +32,7 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import timm
 import torch
 import torch.nn.functional as F
@@ -121,6 +123,45 @@ def hardware_name() -> str:
             pass
         name = f"{name}-{torch.get_num_threads()}threads"
     return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
+
+
+# A machine whose other processes use more than this share of its CPUs is busy: timings taken
+# there say more about the neighbours than about the code.
+BUSY_PERCENT = 25.0
+
+
+def busy_percent(seconds: float = 2.0) -> float:
+    """The share of all CPUs (percent) that processes other than this one used over
+    ``seconds``, measured while this process waits."""
+    import psutil
+
+    me = psutil.Process()
+    me.cpu_percent(None)
+    total = psutil.cpu_percent(interval=seconds)
+    own = me.cpu_percent(None) / (psutil.cpu_count() or 1)
+    return max(0.0, total - own)
+
+
+def keep_quiet_timings(
+    new: pd.DataFrame, path: str | os.PathLike, *, key: str, columns: list[str]
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Timings of a busy machine never replace those of a quiet one.
+
+    ``new`` holds a ``busy_percent`` column (:func:`busy_percent` while it was measured). If
+    the file at ``path`` holds timings taken on a quiet machine and ``new`` was measured on a
+    busy one, the old ``columns`` (and their ``busy_percent``, ``hardware``, ``threads``) are
+    kept in the returned table, matched on ``key``, and the busy measurement is returned
+    separately, to be written beside it, labelled. Otherwise ``(new, None)``.
+    """
+    path = Path(path)
+    if not path.is_file() or new["busy_percent"].max() <= BUSY_PERCENT:
+        return new, None
+    old = pd.read_csv(path)
+    if "busy_percent" not in old or old["busy_percent"].max() > BUSY_PERCENT:
+        return new, None
+    kept = [c for c in (*columns, "busy_percent", "hardware", "threads") if c in old]
+    merged = new.drop(columns=kept).merge(old[[key, *kept]], on=key, how="left")
+    return merged[new.columns], new
 
 
 @dataclass

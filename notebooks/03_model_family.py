@@ -48,7 +48,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import cocs
-from cocs.bench import hardware_name
+from cocs.bench import busy_percent, hardware_name, keep_quiet_timings
 from cocs.handbook import atomic_write_text, results_path, save_figure, write_csv
 from cocs.paper import numbers, table
 
@@ -252,13 +252,15 @@ timed = {n: cocs.create_model(n).eval() for n in models
 inputs = {n: torch.randn(batch, *sizes[n]) for n in timed}  # (B, C, H, W)
 for n, model in timed.items():
     seconds_per_batch(model, inputs[n][:1])  # warm-up: first-call allocations
+busy = busy_percent() if timed else float("nan")  # what the rest of the machine is doing
 times = {n: [] for n in timed}
 for _ in range(repeats):
     for n, model in timed.items():
         times[n].append(seconds_per_batch(model, inputs[n]))
 img_s = {n: batch / statistics.median(t) for n, t in times.items()}
 hardware, threads = hardware_name(), torch.get_num_threads()
-print(f"{hardware}: {threads} threads, batch {batch}, median of {repeats}; not timed: "
+print(f"{hardware}: {threads} threads, batch {batch}, median of {repeats}, other processes "
+      f"using {busy:.0f}% of the CPUs; not timed: "
       f"{[n for n in models if n not in timed] or 'none'}")
 pd.Series(img_s, name="images/s").round(2)
 
@@ -279,7 +281,17 @@ family = family.join(
     paper[["paper_params_m", "paper_gflops", "paper_top1", "paper_img_s"]], on="variant"
 )
 family["release_top1"] = family["variant"].map(numbers()["retrained_top1"])
+family["busy_percent"] = busy
 family = family.sort_values("gmacs", ignore_index=True)
+# timings of a busy machine never replace committed ones of a quiet machine: they go beside
+family, busy_timings = keep_quiet_timings(
+    family, out / "model_family.csv", key="variant", columns=["img_s", "batch"]
+)
+if busy_timings is not None:
+    write_csv(busy_timings, out / "model_family.busy.csv")
+    print(f"this machine was busy ({busy:.0f}% of the CPUs in other processes): the quiet "
+          f"timings of model_family.csv are kept; these are in model_family.busy.csv")
+    img_s = family.set_index("variant")["img_s"].dropna().to_dict()
 write_csv(family, out / "model_family.csv")
 write_csv(stages, out / "stages.csv")
 family.round(3)

@@ -116,3 +116,24 @@ def test_a_malformed_case_names_itself(capsys):
     with pytest.raises(SystemExit):
         main(["--cases", "coc_micro:32:4:fast"])
     assert "coc_micro:32:4:fast" in capsys.readouterr().err
+
+
+def test_busy_timings_never_replace_quiet_ones(tmp_path):
+    import pandas as pd
+
+    from cocs.bench import BUSY_PERCENT, busy_percent, keep_quiet_timings
+
+    path = tmp_path / "family.csv"
+    quiet = pd.DataFrame({"variant": ["a", "b"], "params": [1, 2], "img_s": [100.0, 50.0],
+                          "busy_percent": 3.0, "hardware": "x", "threads": 2})  # fmt: skip
+    busy = quiet.assign(params=[1, 3], img_s=[10.0, 5.0], busy_percent=BUSY_PERCENT + 40)
+    # nothing committed yet, or a quiet measurement: the new table as it is
+    assert keep_quiet_timings(busy, path, key="variant", columns=["img_s"])[1] is None
+    quiet.to_csv(path, index=False)
+    merged, aside = keep_quiet_timings(busy, path, key="variant", columns=["img_s"])
+    assert merged["img_s"].tolist() == [100.0, 50.0] and merged["params"].tolist() == [1, 3]
+    assert (merged["busy_percent"] == 3.0).all() and list(merged.columns) == list(busy.columns)
+    assert aside["img_s"].tolist() == [10.0, 5.0], "the busy timings are kept beside, labelled"
+    again = quiet.assign(img_s=[99.0, 51.0], busy_percent=1.0)
+    assert keep_quiet_timings(again, path, key="variant", columns=["img_s"])[1] is None
+    assert 0 <= busy_percent(0.2) <= 100
