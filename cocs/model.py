@@ -515,18 +515,21 @@ default_cfgs = generate_default_cfgs(
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> ContextCluster:
-    if pretrained:
-        raise ValueError(
-            f"pretrained=True: {variant} has no download address in cocs; download the authors' "
-            "checkpoint yourself and load it with cocs.load_official_checkpoint(path, model)"
-        )
-    return build_model_with_cfg(
+    """Build ``variant``; ``pretrained=True`` loads the weights that ship with cocs for it
+    (:mod:`cocs.weights`: the handbook's own trained small models, offline). The authors'
+    ImageNet checkpoints are not shipped: load them with :func:`cocs.load_official_checkpoint`."""
+    model = build_model_with_cfg(
         ContextCluster,
         variant,
         pretrained=False,
         feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)),
         **kwargs,
     )
+    if pretrained:
+        from .weights import load_shipped
+
+        load_shipped(model, variant)
+    return model
 
 
 # The released ImageNet variants: stem 4x4/4, reducers 3x3/2, stages at 1/4 ... 1/32.

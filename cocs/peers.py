@@ -44,27 +44,28 @@ def _vit(**kwargs) -> VisionTransformer:
     return VisionTransformer(**kwargs)
 
 
-def _no_weights(name: str, pretrained: bool) -> None:
+def _shipped(name: str, model: nn.Module, pretrained: bool) -> nn.Module:
+    """``model``, with the weights that ship with cocs for ``name`` when ``pretrained``."""
     if pretrained:
-        raise ValueError(
-            f"pretrained=True: {name} has no released weights; train it with cocs.train"
-        )
+        from .weights import load_shipped
+
+        load_shipped(model, name)
+    return model
 
 
 @register_model
 def resnet_cifar(pretrained: bool = False, **kwargs) -> ResNet:
     """ResNet-18 layout at half width (32-256 channels) with a CIFAR stem; about 2.8M params."""
-    _no_weights("resnet_cifar", pretrained)
-    return _resnet(
+    model = _resnet(
         **{"layers": (2, 2, 2, 2), "channels": (32, 64, 128, 256), "num_classes": 10} | kwargs
     )
+    return _shipped("resnet_cifar", model, pretrained)
 
 
 @register_model
 def vit_cifar(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """ViT on 4x4 patches of 32x32 images: 192 channels, 6 blocks, 3 heads; about 2.7M params."""
-    _no_weights("vit_cifar", pretrained)
-    return _vit(
+    model = _vit(
         **{
             "img_size": 32,
             "patch_size": 4,
@@ -78,3 +79,4 @@ def vit_cifar(pretrained: bool = False, **kwargs) -> VisionTransformer:
         }
         | kwargs
     )
+    return _shipped("vit_cifar", model, pretrained)

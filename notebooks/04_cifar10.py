@@ -62,6 +62,7 @@ torch_compile = True  # torch.compile the training steps (compiling takes a minu
 eval_flip = True  # also test each finished model with flip test-time augmentation (see below)
 models = "coc_cifar,resnet_cifar,vit_cifar"
 seed = 0
+export_weights = True  # write the trained models into cocs/weights, the package's shipped weights
 results_dir = "results"
 
 # %%
@@ -80,7 +81,8 @@ import cocs
 from cocs.bench import hardware_name
 from cocs.handbook import atomic_write_text, results_path, save_figure, write_csv
 from cocs.paper import table
-from cocs.train import TrainConfig, train
+from cocs.train import TrainConfig, portable_path, train
+from cocs.weights import WEIGHTS_DIR, export
 
 if num_threads:
     torch.set_num_threads(num_threads)
@@ -202,6 +204,29 @@ for name, r in runs.items():
 rows = metrics.groupby("model").size()
 assert all(rows[name] == runs[name]["epochs_planned"] for name in runs), rows
 assert metrics["train_loss"].notna().all() and metrics["test_acc"].between(0, 100).all()
+
+# %% [markdown]
+# ## The trained models, shipped with the package
+#
+# Each model is exported in float16 with the SHA-256 of its file, its model fingerprint and
+# the accuracy it reached (`cocs.weights.export`), into `cocs/weights/`, which is committed:
+# after `import cocs`, `timm.create_model("coc_cifar", pretrained=True)` loads it offline, and
+# chapter 7 draws its clusters without training it again. (A smoke run exports into its own
+# results folder instead.)
+
+# %%
+weights_dir = WEIGHTS_DIR if export_weights else out / "weights"
+for name, r in runs.items():
+    entry = export(
+        r["model"],
+        name,
+        metrics={"test_acc": r["final"]["test_acc"], "dataset": "cifar10", "img_size": img_size,
+                 "epochs": r["epochs_done"]},  # fmt: skip
+        source=portable_path(out / name),
+        folder=weights_dir,
+    )
+    size = (weights_dir / entry["file"]).stat().st_size / 2**20
+    print(f"{name}: {entry['file']}, {size:.1f} MiB, fingerprint {entry['fingerprint']}")
 
 # %% [markdown]
 # ## Learning curves

@@ -50,6 +50,7 @@ max_test_per_class = 0  # validation images per class; 0: all (about 390)
 num_threads = 0  # torch CPU threads; 0: all cores
 keep_epoch_ckpts = True  # a checkpoint per epoch, for the later analysis of the clustering
 seed = 0
+export_weights = True  # write the trained model into cocs/weights, the package's shipped weights
 results_dir = "results"
 
 # %%
@@ -65,7 +66,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import cocs
 from cocs.bench import hardware_name
 from cocs.handbook import repo_root, results_path, save_figure, write_csv
-from cocs.train import TrainConfig, resolve_ckpt_dir, train
+from cocs.train import TrainConfig, portable_path, resolve_ckpt_dir, train
+from cocs.weights import WEIGHTS_DIR, export
 
 if num_threads:
     torch.set_num_threads(num_threads)
@@ -111,6 +113,22 @@ print(
     f"({run['data_source']}); this call took {call_seconds / 60:.1f} min"
 )
 metrics.round(3)
+
+# %% [markdown]
+# The trained model ships with the package in float16, as chapter 4's do (`cocs.weights`):
+# `timm.create_model("coc_imagenette", pretrained=True)` loads it offline.
+
+# %%
+weights_dir = WEIGHTS_DIR if export_weights else out / "weights"
+entry = export(
+    run["model"],
+    model,
+    metrics={"test_acc": run["final"]["test_acc"], "dataset": "imagenette", "img_size": img_size,
+             "epochs": run["epochs_done"]},  # fmt: skip
+    source=portable_path(out),
+    folder=weights_dir,
+)
+print(f"{model}: {entry['file']}, fingerprint {entry['fingerprint']}")
 
 # %% [markdown]
 # ## Learning curves

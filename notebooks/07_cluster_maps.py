@@ -52,6 +52,7 @@ results_dir = "results"
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import timm
 import torch
 
 import cocs
@@ -66,6 +67,7 @@ from cocs.maps import (
     stage_assignments,
 )
 from cocs.train import TrainConfig, load_trained, resolve_ckpt_dir
+from cocs.weights import shipped
 
 out = results_path(results_dir, "07_cluster_maps")
 paths = sample_photos(photos)
@@ -83,26 +85,30 @@ print(f"{len(paths)} photographs; overview: {[p.name for p in shown]}; grid: {gr
 
 
 # %%
-def trained_run(chapter: str, sub: str = "") -> tuple[torch.nn.Module, TrainConfig]:
-    """The final model of a training chapter's run, from its checkpoint."""
+def trained_run(chapter: str, name: str, sub: str = "") -> tuple[torch.nn.Module, str, int]:
+    """The final model of a training chapter's run, its data set and input size: from its
+    checkpoint, or else from the weights that ship with the package (`cocs.weights`)."""
     run_dir = results_path(results_dir, chapter, create=False) / sub
     ckpt = resolve_ckpt_dir(TrainConfig(out_dir=str(run_dir))) / "last.pt"
-    if not ckpt.is_file():
-        raise FileNotFoundError(
-            f"no checkpoint at {ckpt}: train it first with "
-            f"`python -m cocs.handbook run {chapter}` (results_dir={results_dir!r}), "
-            f"or set {'cifar' if chapter.startswith('04') else 'imagenette'} = False"
-        )
-    return load_trained(ckpt)
+    if ckpt.is_file():
+        net, cfg = load_trained(ckpt)
+        return net, cfg.dataset, cfg.img_size
+    if (entry := shipped(name)) is not None:
+        print(f"{name}: no checkpoint at {ckpt}; drawing the weights shipped in cocs/weights")
+        meta = entry["metrics"]
+        return timm.create_model(name, pretrained=True).eval(), meta["dataset"], meta["img_size"]
+    raise FileNotFoundError(
+        f"no checkpoint at {ckpt} and no shipped weights for {name}: train it first with "
+        f"`python -m cocs.handbook run {chapter}` (results_dir={results_dir!r}), "
+        f"or set {'cifar' if chapter.startswith('04') else 'imagenette'} = False"
+    )
 
 
 models = {}  # name -> (model, data set, input size)
 if cifar:
-    net, cfg = trained_run("04_cifar10", "coc_cifar")
-    models["coc_cifar"] = (net, cfg.dataset, cfg.img_size)
+    models["coc_cifar"] = trained_run("04_cifar10", "coc_cifar", "coc_cifar")
 if imagenette:
-    net, cfg = trained_run("05_imagenette")
-    models[cfg.model] = (net, cfg.dataset, cfg.img_size)
+    models["coc_imagenette"] = trained_run("05_imagenette", "coc_imagenette")
 if official_checkpoint:
     net = cocs.load_official_checkpoint(official_checkpoint, official_variant).eval()
     models[f"{official_variant} (released)"] = (net, "imagenet", 224)
@@ -200,10 +206,17 @@ maps
 # groups are close to the regular grid of proposals; as the features learn, points regroup.
 
 # %%
+listing = pd.DataFrame()
 if imagenette:
     listing = pd.read_csv(
         results_path(results_dir, "05_imagenette", create=False) / "checkpoints.csv"
     )
+    have = listing["path"].map(lambda p: (repo_root() / p).is_file())
+    if not have.all():  # a fresh clone: the per-epoch checkpoints are git-ignored
+        print(f"{(~have).sum()} of chapter 5's per-epoch checkpoints are not on this machine: "
+              "the evolution needs them (run chapter 5); the committed figures stay as they are")
+        listing = listing[have]
+if len(listing) >= 2:
     picks = np.unique(np.linspace(0, len(listing) - 1, min(evolution_frames, len(listing))).round().astype(int))  # fmt: skip
     frames, titles = [], []
     for _, row in listing.iloc[picks].iterrows():

@@ -161,8 +161,23 @@ def _(out: Path):
     png_image(out / "model_family.png")
 
 
+def shipped_weights(out: Path, names: set[str]) -> None:
+    """The chapter exported each of `names` into `out/weights` (a smoke run's own folder), and
+    each loads back through cocs.weights with its recorded hash and fingerprint."""
+    import timm
+
+    from cocs import weights
+
+    table = weights.manifest(out / "weights")
+    assert set(table) == names, f"exported {sorted(table)}, expected {sorted(names)}"
+    for name, entry in table.items():
+        assert {"test_acc", "dataset", "img_size"} <= set(entry["metrics"])
+        weights.load_shipped(timm.create_model(name), name, out / "weights")
+
+
 @checks("04_cifar10")
 def _(out: Path):
+    shipped_weights(out, {"coc_cifar", "resnet_cifar", "vit_cifar"})
     comparison = csv_table(
         out / "comparison.csv",
         [
@@ -210,6 +225,7 @@ def _(out: Path):
 
 @checks("05_imagenette")
 def _(out: Path):
+    shipped_weights(out, {"coc_imagenette"})
     summary = csv_table(
         out / "summary.csv",
         [
