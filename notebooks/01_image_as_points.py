@@ -13,13 +13,16 @@
 # %% [markdown]
 # # 1. An image as a set of points
 #
+# *Terms such as point, centre, region, head or dispatch are defined in the
+# [glossary](../GLOSSARY.md).*
+#
 # **What does it mean to treat an image as a set of points, and what does the network do to
 # that set?** Context Clusters (Ma et al., ICLR 2023) start from one claim: an image need not be
 # a grid of pixels (as for a ConvNet) or a sequence of patches (as for a ViT); it can be an
 # *unordered set of points*, each point carrying its colour and its position, five numbers in
-# all. The network then shrinks the set with *point reducers*, which the paper describes as
-# "pick evenly spaced anchors, concatenate the nearest points around each, project linearly",
-# and notes that on a regular grid this is a strided convolution.
+# all. The network then shrinks the set with *point reducers*, which in the paper's
+# description pick evenly spaced anchors, concatenate the nearest points around each and
+# project them linearly; on a regular grid, it notes, this is a strided convolution.
 #
 # This chapter makes both statements concrete on a real photograph:
 #
@@ -350,7 +353,8 @@ print(
 # 1. **Forget the positions.** Set the last two columns of `points` to zero and redo the 2-D
 #    scatter and the shuffle experiment. What is left of the image once the set is shuffled?
 #    (`cocs.create_model(model_name, use_positions=False)` builds the paper's ablation without
-#    positions, which the authors report failed to train.)
+#    positions, which the authors report failed to train. Chapter 6 trains it on CIFAR-10,
+#    with and without the zero padding of the point reducers, and reports what it finds.)
 # 2. **Anchors and neighbours.** Build a `torch.nn.Conv2d(5, 8, kernel_size=2, stride=2)` and
 #    check `reduce_points` against it; then try `kernel_size=3, stride=2, padding=1` on the
 #    photo's points. Which anchors' windows reach past the border, and what fills them?

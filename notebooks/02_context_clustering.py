@@ -13,6 +13,9 @@
 # %% [markdown]
 # # 2. The context-cluster operation, step by step
 #
+# *Terms such as point, centre, region, head or dispatch are defined in the
+# [glossary](../GLOSSARY.md).*
+#
 # **What exactly does one context-cluster step compute, and what does it cost?** The paper
 # (Ma et al., ICLR 2023, Sec. 3.2) replaces convolution and attention with one operation on a
 # set of points: propose a few centres, put every point in the cluster of the centre it is most

@@ -12,7 +12,10 @@
 # ---
 
 # %% [markdown]
-# # The model family: how big, how costly, how fast?
+# # 3. The model family: how big, how costly, how fast?
+#
+# *Terms such as point, centre, region, head or dispatch are defined in the
+# [glossary](../GLOSSARY.md).*
 #
 # **Question.** Are the Context Cluster variants built here the paper's models, size for size
 # and cost for cost, and what do they cost to run on the machine in front of you?

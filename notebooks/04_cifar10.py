@@ -12,7 +12,10 @@
 # ---
 
 # %% [markdown]
-# # CIFAR-10 from scratch: does clustering points learn as well as convolving or attending?
+# # 4. CIFAR-10 from scratch: does clustering points learn as well as convolving or attending?
+#
+# *Terms such as point, centre, region, head or dispatch are defined in the
+# [glossary](../GLOSSARY.md).*
 #
 # **Question.** Trained from scratch on small images, with the same recipe and the same budget,
 # does a small Context Cluster reach the accuracy of a ResNet and of a vision transformer of

@@ -12,7 +12,10 @@
 # ---
 
 # %% [markdown]
-# # Imagenette: a Context Cluster trained on real photographs, on a CPU
+# # 5. Imagenette: a Context Cluster trained on real photographs, on a CPU
+#
+# *Terms such as point, centre, region, head or dispatch are defined in the
+# [glossary](../GLOSSARY.md).*
 #
 # **Question.** Can a small Context Cluster learn to classify real photographs (ten ImageNet
 # classes, varied backgrounds, objects at any scale) from scratch on an ordinary CPU, and how

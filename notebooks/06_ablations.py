@@ -14,6 +14,9 @@
 # %% [markdown]
 # # 6. Ablations: which of the paper's design choices matter at CIFAR scale?
 #
+# *Terms such as point, centre, region, head or dispatch are defined in the
+# [glossary](../GLOSSARY.md).*
+#
 # **Question.** The paper builds its block from a handful of choices: points carry their
 # positions, a clustering mixes them, with several heads, a few centres per region, regions
 # that partition the map, centres fixed after one proposal, and a sigmoid on the similarity.

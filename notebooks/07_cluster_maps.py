@@ -12,7 +12,10 @@
 # ---
 
 # %% [markdown]
-# # Cluster maps: what do the clusters of a trained model look like?
+# # 7. Cluster maps: what do the clusters of a trained model look like?
+#
+# *Terms such as point, centre, region, head or dispatch are defined in the
+# [glossary](../GLOSSARY.md).*
 #
 # **Question.** A Context Cluster groups the points of an image around a few centres in every
 # layer. On real photographs, after training, which points end up together: pixels of one

@@ -12,7 +12,10 @@
 # ---
 
 # %% [markdown]
-# # Results: every table of the handbook, regenerated
+# # 8. Results: every table of the handbook, regenerated
+#
+# *Terms such as point, centre, region, head or dispatch are defined in the
+# [glossary](../GLOSSARY.md).*
 #
 # **Question.** What did this handbook measure, all in one place, and how does it compare with
 # what the paper reports?
