@@ -82,8 +82,6 @@ ABLATIONS = (
     Ablation("centres_16", "16 centres per region (one per point)", "e",
              "proposal_w=(4, 4, 4, 1),proposal_h=(4, 4, 4, 1)"),
     # 2x2 reducers with stride 2 and no padding: no zero border to tell where an edge is
-    Ablation("full_no_pad", "full model, reducers without padding", "i",
-             "down_patch_size=2,down_pad=0"),
     Ablation("no_positions_no_pad", "no position information, reducers without padding", "i",
              "use_positions=False,down_patch_size=2,down_pad=0"),
 )  # fmt: skip
@@ -102,8 +100,8 @@ class Comparison:
 COMPARISONS = tuple(
     Comparison("full", x.key, f"{x.label} vs the full model") for x in ABLATIONS[1:]
 ) + (
-    Comparison("full_no_pad", "no_positions_no_pad",
-               "positions, in a model whose reducers have no padding"),
+    Comparison("no_positions", "no_positions_no_pad",
+               "without positions: 3x3 zero-padded reducers vs 2x2 unpadded ones"),
     Comparison("no_regions_same_centres", "no_regions",
                "16x more centres without regions (64 and 16 instead of 4 per map)"),
 )  # fmt: skip

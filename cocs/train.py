@@ -79,6 +79,7 @@ class TrainConfig:
     batch_size: int = 128  # global batch, over all processes
     eval_batch_size: int = 0  # 0: 2 * batch_size
     eval_flip: bool = False  # also test the finished model on each image and its mirror
+    eval_every: int = 1  # test after every k-th epoch (and always after the last)
     opt: str = "adamw"  # a timm optimizer name
     lr: float = 2e-3  # peak learning rate (not rescaled with the batch size)
     min_lr: float = 1e-5  # learning rate at the end of the cosine
@@ -174,6 +175,7 @@ class TrainConfig:
             ("max_classes", self.max_classes >= 0, "an int >= 0 (0: all)"),
             ("crop_pad", self.crop_pad >= -1, "an int >= 0, or -1 for img_size // 8"),
             ("num_workers", self.num_workers >= 0, "an int >= 0"),
+            ("eval_every", self.eval_every >= 1, "an int >= 1 (1: after every epoch)"),
             ("num_threads", self.num_threads >= 0, "an int >= 0 (0: torch's default)"),
             ("stop_after_epochs", self.stop_after_epochs >= 0, "an int >= 0 (0: run all epochs)"),
             (
@@ -295,6 +297,7 @@ RUN_ONLY_KEYS = frozenset(
         "download",
         "data_path",
         "save_predictions",
+        "eval_every",
     }
 )
 
@@ -945,9 +948,11 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
             "train_loss": train_loss / seen,
             "train_acc": 100.0 * train_correct / seen,  # against the unmixed labels
         }
-        row["test_loss"], row["test_acc"] = test(model)
-        if ema is not None:
-            row["ema_test_loss"], row["ema_test_acc"] = test(ema.module)
+        row["test_loss"] = row["test_acc"] = math.nan  # not tested after this epoch
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 >= total:
+            row["test_loss"], row["test_acc"] = test(model)
+            if ema is not None:
+                row["ema_test_loss"], row["ema_test_acc"] = test(ema.module)
         row["train_seconds"] = train_seconds
         row["epoch_seconds"] = time.perf_counter() - t0
         row["images_per_s"] = seen / train_seconds
@@ -1015,6 +1020,10 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
         if on_epoch_end is not None:
             on_epoch_end(dict(row))
 
+    if rows and math.isnan(rows[-1]["test_acc"]):  # a plan that ended on an untested epoch
+        rows[-1]["test_loss"], rows[-1]["test_acc"] = test(model)
+        if ema is not None:
+            rows[-1]["ema_test_loss"], rows[-1]["ema_test_acc"] = test(ema.module)
     final_flip = None
     if cfg.eval_flip and rows:  # the finished (or stopped) model, also when a run is reloaded
         loss, acc = test(model, flip=True)

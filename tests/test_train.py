@@ -481,3 +481,14 @@ def test_torch_compile_wraps_the_training_model_only(tree, tmp_path, monkeypatch
     assert scores(run["metrics"]) == scores(plain["metrics"])
     ckpt = torch.load(tmp_path / "compiled" / "checkpoints" / "run" / "last.pt", weights_only=True)
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
+
+
+def test_testing_every_kth_epoch_still_tests_the_last(tree, tmp_path):
+    plain = dict(mixup=0.0, cutmix=0.0, randaugment="", ema=0.0, epochs=3)
+    every = T.train(config(tree, tmp_path, **plain))
+    sparse = T.train(config(tree, tmp_path, **plain, eval_every=2,
+                            out_dir=str(tmp_path / "results" / "sparse")))  # fmt: skip
+    acc = [r["test_acc"] for r in sparse["metrics"]]
+    assert np.isnan(acc[0]) and not np.isnan(acc[1]) and not np.isnan(acc[2])
+    assert sparse["final"]["test_acc"] == every["final"]["test_acc"], "testing changes no training"
+    assert sparse["metrics"][-1]["train_loss"] == every["metrics"][-1]["train_loss"]
