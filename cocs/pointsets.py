@@ -1,0 +1,85 @@
+"""Building blocks for point clouds: sampling anchors, grouping neighbours, reducing a set.
+
+An image forms its groups by cutting a grid into regions; a point cloud forms them by sampling
+anchors spread over the shape and gathering each anchor's k nearest points, as PointNet++ and
+PointMLP do. Everything here is vectorised over the batch; ``xyz`` are coordinates (B, N, 3)
+and features are channels-last (B, N, C).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["SetReducer", "farthest_point_sample", "gather", "knn"]
+
+
+def gather(x: Tensor, idx: Tensor) -> Tensor:
+    """Rows of ``x`` (B, N, C) at ``idx`` (B, ...) of indices into N: (B, ..., C)."""
+    B, _, C = x.shape
+    flat = idx.reshape(B, -1)  # (B, K)
+    out = x.gather(1, flat.unsqueeze(-1).expand(-1, -1, C))  # (B, K, C)
+    return out.view(*idx.shape, C)
+
+
+def farthest_point_sample(xyz: Tensor, m: int, start: int | Tensor = 0) -> Tensor:
+    """``m`` points spread over each set: each next one is the farthest from those chosen.
+
+    Args:
+        xyz: (B, N, 3) coordinates.
+        m: points to choose (at most N).
+        start: index of the first point, one for all sets or (B,) per set; the result is a
+            deterministic function of the coordinates and ``start`` (ties go to the lowest
+            index).
+    Returns (B, m) indices into N.
+    """
+    B, N, _ = xyz.shape
+    if not 1 <= m <= N:
+        raise ValueError(f"cannot sample m={m} points from sets of N={N}; use 1 <= m <= N")
+    idx = torch.empty(B, m, dtype=torch.long, device=xyz.device)
+    far = torch.as_tensor(start, dtype=torch.long, device=xyz.device).expand(B).clone()  # (B,)
+    nearest = torch.full((B, N), float("inf"), dtype=xyz.dtype, device=xyz.device)
+    rows = torch.arange(B, device=xyz.device)
+    for i in range(m):  # m steps, each vectorised over the batch and the points
+        idx[:, i] = far
+        d = (xyz - xyz[rows, far].unsqueeze(1)).square().sum(-1)  # (B, N)
+        nearest = torch.minimum(nearest, d)
+        far = nearest.argmax(-1)  # the first of equal maxima
+    return idx
+
+
+def knn(query: Tensor, xyz: Tensor, k: int) -> Tensor:
+    """Indices of the ``k`` points of ``xyz`` (B, N, 3) nearest to each of ``query`` (B, M, 3),
+    nearest first: (B, M, k)."""
+    N = xyz.shape[1]
+    if not 1 <= k <= N:
+        raise ValueError(f"k={k} neighbours asked of sets of N={N} points; use 1 <= k <= N")
+    d = torch.cdist(query, xyz)  # (B, M, N)
+    return d.topk(k, dim=-1, largest=False, sorted=True).indices
+
+
+class SetReducer(nn.Module):
+    """The paper's point reducer on a set: evenly spread anchors, each with its k nearest
+    points, whose features and offsets to the anchor are concatenated and projected linearly.
+
+    On a grid, with the k points of a window in a fixed order, this is the strided convolution
+    of chapter 1; on a set, the neighbours are ordered by distance, nearest first.
+
+    (B, N, 3), (B, N, C) -> anchors (B, M, 3), features (B, M, out_chans), M = N // reduction.
+    """
+
+    def __init__(self, *, in_chans: int, out_chans: int, k: int, reduction: int = 2):
+        super().__init__()
+        self.k, self.reduction = k, reduction
+        self.proj = nn.Linear(k * (in_chans + 3), out_chans)
+
+    def forward(self, xyz: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        B, N, _ = xyz.shape
+        anchors = gather(xyz, farthest_point_sample(xyz, max(N // self.reduction, 1)))  # (B, M, 3)
+        near = knn(anchors, xyz, self.k)  # (B, M, k)
+        offsets = gather(xyz, near) - anchors.unsqueeze(2)  # (B, M, k, 3)
+        grouped = torch.cat([gather(x, near), offsets], dim=-1)  # (B, M, k, C + 3)
+        return anchors, self.proj(grouped.flatten(2))  # (B, M, out_chans)
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, reduction={self.reduction}"

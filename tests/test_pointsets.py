@@ -1,0 +1,64 @@
+"""Point-set building blocks, each against a slow loop written here."""
+
+import pytest
+import torch
+
+from cocs.pointsets import SetReducer, farthest_point_sample, gather, knn
+
+
+def slow_fps(xyz: torch.Tensor, m: int, start: int) -> list[int]:
+    """One set (N, 3): the textbook loop over chosen points and candidates."""
+    chosen = [start]
+    while len(chosen) < m:
+        best, best_d = None, -1.0
+        for j in range(len(xyz)):
+            d = min(float(((xyz[j] - xyz[c]) ** 2).sum()) for c in chosen)
+            if d > best_d:
+                best, best_d = j, d
+        chosen.append(best)
+    return chosen
+
+
+def test_farthest_point_sampling_matches_the_loop_and_is_deterministic():
+    torch.manual_seed(0)
+    xyz = torch.randn(3, 40, 3)
+    idx = farthest_point_sample(xyz, 9, start=torch.tensor([0, 5, 39]))
+    for b, s in enumerate((0, 5, 39)):
+        assert idx[b].tolist() == slow_fps(xyz[b], 9, s)
+    assert torch.equal(idx, farthest_point_sample(xyz, 9, start=torch.tensor([0, 5, 39])))
+    assert farthest_point_sample(xyz, 40).sort(-1).values.eq(torch.arange(40)).all(), (
+        "a permutation"
+    )
+    with pytest.raises(ValueError, match="m=41"):
+        farthest_point_sample(xyz, 41)
+
+
+def test_knn_and_gather_match_the_loop():
+    torch.manual_seed(1)
+    xyz, query = torch.randn(2, 30, 3), torch.randn(2, 7, 3)
+    idx = knn(query, xyz, 5)  # (2, 7, 5)
+    for b in range(2):
+        for m in range(7):
+            d = [float(((xyz[b, j] - query[b, m]) ** 2).sum()) for j in range(30)]
+            assert idx[b, m].tolist() == sorted(range(30), key=d.__getitem__)[:5]
+    feats = torch.randn(2, 30, 4)
+    got = gather(feats, idx)  # (2, 7, 5, 4)
+    assert got.shape == (2, 7, 5, 4) and torch.equal(got[1, 3, 2], feats[1, idx[1, 3, 2]])
+    with pytest.raises(ValueError, match="k=31"):
+        knn(query, xyz, 31)
+
+
+def test_the_set_reducer_concatenates_the_nearest_points_and_projects_them():
+    torch.manual_seed(2)
+    xyz, feats = torch.randn(2, 32, 3), torch.randn(2, 32, 6)
+    reducer = SetReducer(in_chans=6, out_chans=8, k=4, reduction=4)
+    anchors, out = reducer(xyz, feats)
+    assert anchors.shape == (2, 8, 3) and out.shape == (2, 8, 8)
+    for b in range(2):
+        chosen = slow_fps(xyz[b], 8, 0)
+        for m, a in enumerate(chosen):
+            d = [float(((xyz[b, j] - xyz[b, a]) ** 2).sum()) for j in range(32)]
+            near = sorted(range(32), key=d.__getitem__)[:4]
+            row = torch.cat([torch.cat([feats[b, j], xyz[b, j] - xyz[b, a]]) for j in near])
+            torch.testing.assert_close(out[b, m], reducer.proj(row))
+            torch.testing.assert_close(anchors[b, m], xyz[b, a])
