@@ -6,7 +6,7 @@ the two CIFAR peers of ``coc_cifar`` (``resnet_cifar``, ``vit_cifar``, in ``cocs
 
 from . import model as _model  # noqa: F401  (registers the timm variants)
 from . import peers as _peers  # noqa: F401  (registers resnet_cifar and vit_cifar)
-from .cluster import Cluster, ClusterOutput, context_cluster
+from .cluster import Cluster, ClusterOutput, cluster_groups, context_cluster, context_cluster_sets
 from .model import ContextCluster, capture_assignments, capture_similarities, create_model
 from .official import OFFICIAL_VARIANTS, load_official_checkpoint
 from .points import coordinates, image_to_points, points_to_image, with_positions
@@ -18,7 +18,9 @@ __all__ = [
     "OFFICIAL_VARIANTS",
     "capture_assignments",
     "capture_similarities",
+    "cluster_groups",
     "context_cluster",
+    "context_cluster_sets",
     "coordinates",
     "create_model",
     "image_to_points",

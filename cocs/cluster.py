@@ -9,6 +9,11 @@ aggregates its points' values together with the value-space centre,
 
 and dispatches the result back to its points, scaled by their similarity: p_i' = s_i g_m.
 
+The core, :func:`cluster_groups`, works on groups of points with given centres; an image
+forms its groups from regions of its grid and proposes their centres by pooling
+(:func:`context_cluster`), a point cloud from neighbourhoods of anchors
+(:func:`context_cluster_sets`, with :mod:`cocs.pointsets`).
+
 Memory: the assignment is hard, so aggregation is a scatter-add and dispatch a gather. Nothing
 of size (B * heads, M, N, D) is built: memory is O(B*N*D + B*M*N) (the similarity matrix).
 
@@ -117,44 +122,24 @@ def _propose(t: Tensor, pw: int, ph: int) -> Tensor:
     return pooled.flatten(2).transpose(1, 2)
 
 
-def _unpool_add_(grad: Tensor, d_centres: Tensor, pw: int, ph: int) -> Tensor:
-    """Add the gradient of :func:`_propose` to ``grad`` (G, h, w, C) in place.
-
-    d_centres (G, pw * ph, C): each centre's gradient spreads evenly over its cell.
-    """
-    G, h, w, C = grad.shape
-    if h % pw == 0 and w % ph == 0:
-        a, b = h // pw, w // ph
-        cells = grad.view(G, pw, a, ph, b, C)
-        cells.add_(d_centres.view(G, pw, 1, ph, 1, C), alpha=1.0 / (a * b))
-        return grad
-    grid = d_centres.view(G, pw, ph, C).permute(0, 3, 1, 2)  # (G, C, pw, ph), channels last
-    spread = torch.ops.aten._adaptive_avg_pool2d_backward(grid, grad.permute(0, 3, 1, 2))
-    return grad.add_(spread.permute(0, 2, 3, 1))  # (G, C, h, w) -> (G, h, w, C)
-
-
-class _FixedCentreCluster(torch.autograd.Function):
-    """Propose, assign, aggregate and dispatch, with fixed centres and a hand-derived backward.
+class _ClusterGroups(torch.autograd.Function):
+    """Assign, aggregate and dispatch in groups of points with given centres, with a
+    hand-derived backward.
 
     Autograd would record some twenty small operations and keep their outputs; this keeps the
     normalised points, the values, the clusters and the (G, N) assignment, and computes the
     gradient with gathers and scatter-adds of the same size as the forward pass. Its equality
     with autograd's gradient is tested (tests/test_cluster.py, gradcheck in float64).
 
-    x (G, h, w, D), values (G, h, w, Dv), alpha, beta (1,) -> out (G, N, Dv), index (G, N),
-    and each point's similarity to its centre (G, N), returned for analysis without a gradient.
+    x (G, N, D), values (G, N, Dv), centres (G, M, D), value_centres (G, M, Dv), alpha, beta
+    (1,) -> out (G, N, Dv), index (G, N), and each point's similarity to its centre (G, N),
+    returned for analysis without a gradient.
     """
 
     @staticmethod
-    def forward(ctx, x, values, alpha, beta, proposal_w, proposal_h, use_sigmoid):
-        G, h, w, D = x.shape
-        Dv = values.shape[-1]
-        N, M = h * w, proposal_w * proposal_h
-        pool = (proposal_w, proposal_h)
-        centres = _propose(x, *pool)  # (G, M, D)
-        value_centres = _propose(values, *pool)  # (G, M, Dv)
-        x = x.reshape(G, N, D)
-        v = values.reshape(G, N, Dv)
+    def forward(ctx, x, v, centres, value_centres, alpha, beta, use_sigmoid):
+        G, N, D = x.shape
+        M = centres.shape[1]
         x_norm = x.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # (G, N, 1)
         c_norm = centres.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # (G, M, 1)
         xn, cn = x / x_norm, centres / c_norm
@@ -170,14 +155,13 @@ class _FixedCentreCluster(torch.autograd.Function):
         ctx.save_for_backward(
             xn, x_norm, cn, c_norm, v, clusters, den, s, idx, flat, cos_sel, alpha
         )
-        ctx.shape, ctx.pool, ctx.use_sigmoid = (G, h, w, D, Dv), pool, use_sigmoid
+        ctx.use_sigmoid = use_sigmoid
         ctx.mark_non_differentiable(idx, s)
         return out, idx, s
 
     @staticmethod
     def backward(ctx, d_out, _d_idx, _d_s):
         xn, x_norm, cn, c_norm, v, clusters, den, s, idx, flat, cos_sel, alpha = ctx.saved_tensors
-        G, h, w, D, Dv = ctx.shape
         M = clusters.shape[1]
         # dispatch: out_i = s_i g_{m(i)}
         d_s = (d_out * _take(clusters, flat)).sum(-1)  # (G, N)
@@ -202,10 +186,58 @@ class _FixedCentreCluster(torch.autograd.Function):
         d_x = _take(cn, flat).addcmul_(xn, cos_sel.unsqueeze(-1), value=-1)  # (G, N, D)
         d_x.mul_(d_cos.unsqueeze(-1) / x_norm)
         d_c = (d_cn - cn * (d_cn * cn).sum(-1, keepdim=True)) / c_norm
-        # centre proposal: the pooling's gradient spreads back over each pooling cell
-        d_x = _unpool_add_(d_x.reshape(G, h, w, D), d_c, *ctx.pool)
-        d_values = _unpool_add_(d_v.reshape(G, h, w, Dv), d_num, *ctx.pool)
-        return d_x, d_values, d_alpha, d_beta, None, None, None
+        return d_x, d_v, d_c, d_num, d_alpha, d_beta, None
+
+
+def cluster_groups(
+    points: Tensor,
+    values: Tensor,
+    centres: Tensor,
+    value_centres: Tensor,
+    *,
+    sim_alpha: Tensor | float = 1.0,
+    sim_beta: Tensor | float = 0.0,
+    similarity: str = "sigmoid",
+    center_iters: int = 0,
+    _autograd: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The context cluster on groups of points: every point joins its most similar centre of
+    its group, each cluster aggregates its points' values with its value-space centre, and
+    the result is dispatched back. This is the one implementation of assign, aggregate and
+    dispatch; images (:func:`context_cluster`) and point sets (:func:`context_cluster_sets`)
+    are ways of forming the groups and proposing their centres.
+
+    Args:
+        points: (G, N, D) features that decide the clustering, one group per row.
+        values: (G, N, Dv) features that are aggregated and dispatched.
+        centres, value_centres: (G, M, D) and (G, M, Dv), the proposed centres.
+        sim_alpha, sim_beta, similarity, center_iters, _autograd: as in
+            :func:`context_cluster`.
+    Returns:
+        out (G, N, Dv), index (G, N) of each point's centre, and each point's similarity to
+        it (G, N), without a gradient.
+    """
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity={similarity!r} is not one of {SIMILARITIES}")
+    if center_iters < 0:
+        raise ValueError(f"center_iters={center_iters} must be 0 (fixed centres) or positive")
+    if center_iters == 0 and not _autograd:
+        alpha, beta = (
+            torch.as_tensor(t, dtype=values.dtype, device=values.device).reshape(1)
+            for t in (sim_alpha, sim_beta)
+        )
+        return _ClusterGroups.apply(
+            points, values.to(points.dtype), centres, value_centres.to(points.dtype), alpha,
+            beta, similarity == "sigmoid",
+        )  # fmt: skip
+    for _ in range(center_iters):
+        s, idx = _similarity(centres, points, sim_alpha, sim_beta, similarity).max(dim=1)
+        centres, _ = _aggregate(points, centres, s, idx)
+    # hard assignment: each point keeps only its similarity to the centre it joins
+    s, idx = _similarity(centres, points, sim_alpha, sim_beta, similarity).max(dim=1)  # (G, N)
+    clusters, _ = _aggregate(values, value_centres, s, idx)  # (G, M, Dv)
+    out = clusters.gather(1, idx.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
+    return out * s.unsqueeze(-1), idx, s.detach()
 
 
 def context_cluster(
@@ -245,7 +277,7 @@ def context_cluster(
             c <- (c + sum_i s_i x_i) / (1 + sum_i s_i), and re-assigns the points. The
             value-space centres stay the proposed ones.
         _autograd: compute fixed centres through autograd rather than the hand-derived
-            backward of :class:`_FixedCentreCluster` (for tests; same result).
+            backward of :class:`_ClusterGroups` (for tests; same result).
     Returns:
         ClusterOutput(out (B, H, W, heads * Dv), assignment (B, heads, H, W), similarity
         (B, heads, H, W)); similarity is each point's similarity to the centre it joined, the
@@ -253,10 +285,6 @@ def context_cluster(
         numbers the centres of region (r_w, r_h) as (r_w * fold_h + r_h) * M + m, with m in
         row-major order over the proposal grid.
     """
-    if similarity not in SIMILARITIES:
-        raise ValueError(f"similarity={similarity!r} is not one of {SIMILARITIES}")
-    if center_iters < 0:
-        raise ValueError(f"center_iters={center_iters} must be 0 (fixed centres) or positive")
     _check(points, values, heads, fold_w, fold_h)
     B, H, W, _ = points.shape
     h, w = H // fold_w, W // fold_h
@@ -266,29 +294,13 @@ def context_cluster(
     regions = "b (f1 h) (f2 w) (e d) -> (b e f1 f2) h w d"
     x = rearrange(points, regions, e=heads, f1=fold_w, f2=fold_h)
     v = rearrange(values, regions, e=heads, f1=fold_w, f2=fold_h)
-
-    if center_iters == 0 and not _autograd:
-        alpha, beta = (
-            torch.as_tensor(t, dtype=v.dtype, device=v.device).reshape(1)
-            for t in (sim_alpha, sim_beta)
-        )
-        out, idx, s = _FixedCentreCluster.apply(
-            x, v.to(x.dtype), alpha, beta, proposal_w, proposal_h, similarity == "sigmoid"
-        )
-    else:
-        # centre proposal: average pooling over a proposal_w x proposal_h grid in each region
-        centres = _propose(x, proposal_w, proposal_h)  # (G, M, D)
-        value_centres = _propose(v, proposal_w, proposal_h)  # (G, M, Dv)
-        x = rearrange(x, "g h w d -> g (h w) d")  # (G, N, D)
-        v = rearrange(v, "g h w d -> g (h w) d")  # (G, N, Dv)
-        for _ in range(center_iters):
-            s, idx = _similarity(centres, x, sim_alpha, sim_beta, similarity).max(dim=1)
-            centres, _ = _aggregate(x, centres, s, idx)
-        # hard assignment: each point keeps only its similarity to the centre it joins
-        s, idx = _similarity(centres, x, sim_alpha, sim_beta, similarity).max(dim=1)  # (G, N)
-        clusters, _ = _aggregate(v, value_centres, s, idx)  # (G, M, Dv)
-        Dv = v.shape[-1]
-        out = clusters.gather(1, idx.unsqueeze(-1).expand(-1, -1, Dv)) * s.unsqueeze(-1)
+    # centre proposal: average pooling over a proposal_w x proposal_h grid in each region
+    centres = _propose(x, proposal_w, proposal_h)  # (G, M, D)
+    value_centres = _propose(v, proposal_w, proposal_h)  # (G, M, Dv)
+    out, idx, s = cluster_groups(
+        x.flatten(1, 2), v.flatten(1, 2), centres, value_centres, sim_alpha=sim_alpha,
+        sim_beta=sim_beta, similarity=similarity, center_iters=center_iters, _autograd=_autograd,
+    )  # fmt: skip
 
     out = rearrange(
         out, "(b e f1 f2) (h w) d -> b (f1 h) (f2 w) (e d)", e=heads, f1=fold_w, f2=fold_h, h=h
@@ -297,9 +309,63 @@ def context_cluster(
     assignment = idx.view(B, heads, fold_w * fold_h, h * w) + region
     to_map = "b e (f1 f2) (h w) -> b e (f1 h) (f2 w)"
     assignment = rearrange(assignment, to_map, f1=fold_w, f2=fold_h, h=h)
-    similarity = rearrange(s.detach().view(B, heads, fold_w * fold_h, h * w), to_map,
-                           f1=fold_w, f2=fold_h, h=h)  # fmt: skip
-    return ClusterOutput(out, assignment, similarity)
+    weights = rearrange(s.view(B, heads, fold_w * fold_h, h * w), to_map,
+                        f1=fold_w, f2=fold_h, h=h)  # fmt: skip
+    return ClusterOutput(out, assignment, weights)
+
+
+def context_cluster_sets(
+    points: Tensor,
+    values: Tensor,
+    *,
+    heads: int,
+    centre_index: Tensor | None = None,
+    sim_alpha: Tensor | float = 1.0,
+    sim_beta: Tensor | float = 0.0,
+    similarity: str = "sigmoid",
+    center_iters: int = 0,
+) -> ClusterOutput:
+    """The context cluster on groups of points that need not lie on a grid (point clouds).
+
+    Args:
+        points: (G, n, heads * D) features that decide the clustering: one group per row, such
+            as an anchor's k nearest neighbours (:mod:`cocs.pointsets`).
+        values: (G, n, heads * Dv) features that are aggregated and dispatched.
+        heads: independent clusterings, each over its own D channels.
+        centre_index: (G, M) members of each group that propose the M centres (for instance
+            farthest-point samples); None proposes one centre per group, the mean of its
+            points, as the point-cloud model of the authors' release does.
+        sim_alpha, sim_beta, similarity, center_iters: as in :func:`context_cluster`.
+    Returns:
+        ClusterOutput(out (G, n, heads * Dv), assignment (G, heads, n) indices into the M
+        centres, similarity (G, heads, n)).
+    """
+    if points.dim() != 3 or values.shape[:2] != points.shape[:2]:
+        raise ValueError(
+            f"points {tuple(points.shape)} and values {tuple(values.shape)} must be (G, n, C) "
+            "with the same G groups of n points"
+        )
+    for name, t in (("points", points), ("values", values)):
+        if t.shape[-1] % heads:
+            raise ValueError(
+                f"{name} have {t.shape[-1]} channels, which {heads} heads cannot split evenly; "
+                "use a channel count that is a multiple of heads"
+            )
+    G, n, _ = points.shape
+    x = rearrange(points, "g n (e d) -> (g e) n d", e=heads)
+    v = rearrange(values, "g n (e d) -> (g e) n d", e=heads)
+    if centre_index is None:
+        centres, value_centres = x.mean(1, keepdim=True), v.mean(1, keepdim=True)  # (G', 1, .)
+    else:
+        idx = centre_index.repeat_interleave(heads, dim=0)  # (G * heads, M)
+        centres = x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        value_centres = v.gather(1, idx.unsqueeze(-1).expand(-1, -1, v.shape[-1]))
+    out, idx, s = cluster_groups(
+        x, v, centres, value_centres, sim_alpha=sim_alpha, sim_beta=sim_beta,
+        similarity=similarity, center_iters=center_iters,
+    )  # fmt: skip
+    out = rearrange(out, "(g e) n d -> g n (e d)", e=heads)
+    return ClusterOutput(out, idx.view(G, heads, n), s.view(G, heads, n))
 
 
 class Cluster(nn.Module):

@@ -249,3 +249,80 @@ def test_bad_input_names_the_value(kwargs, match):
     x = torch.randn(1, H, W, C)
     with pytest.raises(ValueError, match=match):
         context_cluster(x, x, heads=heads, proposal_w=2, proposal_h=1, **kwargs)
+
+
+# --- groups of points that need not lie on a grid ---------------------------------------------
+
+
+def loop_sets(points, values, heads, centre_index, alpha, beta):
+    """The paper's equations on point groups, one point and one centre at a time."""
+    G, n, C = points.shape
+    D, Dv = C // heads, values.shape[-1] // heads
+    out = torch.zeros(G, n, heads * Dv, dtype=torch.float64)
+    assign = torch.zeros(G, heads, n, dtype=torch.long)
+    for g, e in itertools.product(range(G), range(heads)):
+        x = points[g, :, e * D : (e + 1) * D].double()
+        v = values[g, :, e * Dv : (e + 1) * Dv].double()
+        if centre_index is None:
+            cs, vcs = [x.mean(0)], [v.mean(0)]
+        else:
+            cs, vcs = [x[i] for i in centre_index[g]], [v[i] for i in centre_index[g]]
+        best = []
+        for j in range(n):
+            sims = [torch.sigmoid(beta + alpha * F.cosine_similarity(c, x[j], dim=0)) for c in cs]
+            m = max(range(len(cs)), key=sims.__getitem__)
+            best.append((m, sims[m]))
+        for m in range(len(cs)):
+            members = [(j, s) for j, (k, s) in enumerate(best) if k == m]
+            agg = (vcs[m] + sum((s * v[j] for j, s in members), torch.zeros(Dv))) / (
+                1 + sum(s for _, s in members)
+            )
+            for j, s in members:
+                out[g, j, e * Dv : (e + 1) * Dv] = s * agg
+                assign[g, e, j] = m
+    return out, assign
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["mean centre", "sampled centres"])
+def test_point_groups_match_the_loop(sampled):
+    from cocs.cluster import context_cluster_sets
+
+    torch.manual_seed(3)
+    points, values = torch.randn(5, 12, 2 * 4), torch.randn(5, 12, 2 * 3)
+    centre_index = torch.stack([torch.randperm(12)[:3] for _ in range(5)]) if sampled else None
+    res = context_cluster_sets(points, values, heads=2, centre_index=centre_index,
+                               sim_alpha=1.3, sim_beta=0.2)  # fmt: skip
+    want, want_assign = loop_sets(points, values, 2, centre_index, 1.3, 0.2)
+    torch.testing.assert_close(res.out.double(), want, atol=1e-5, rtol=1e-5)
+    assert torch.equal(res.assignment, want_assign) and res.similarity.shape == (5, 2, 12)
+
+
+def test_a_grid_region_with_one_centre_is_a_point_group_with_its_mean():
+    from cocs.cluster import context_cluster_sets
+
+    torch.manual_seed(4)
+    points, values = torch.randn(2, 4, 6, 3 * 2), torch.randn(2, 4, 6, 3 * 5)
+    grid = context_cluster(points, values, heads=3, proposal_w=1, proposal_h=1, fold_w=2, fold_h=3)
+    # the same regions as groups: (b f1 f2) (h w) c
+    to_groups = lambda t: t.view(2, 2, 2, 3, 2, -1).permute(0, 1, 3, 2, 4, 5).reshape(12, 4, -1)
+    sets = context_cluster_sets(to_groups(points), to_groups(values), heads=3)
+    torch.testing.assert_close(to_groups(grid.out), sets.out)
+
+
+def test_point_groups_gradients_match_autograd():
+    from cocs.cluster import cluster_groups
+
+    torch.manual_seed(5)
+    args = [torch.randn(3, 7, 4, dtype=torch.float64, requires_grad=True),
+            torch.randn(3, 7, 5, dtype=torch.float64, requires_grad=True),
+            torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True),
+            torch.randn(3, 2, 5, dtype=torch.float64, requires_grad=True)]  # fmt: skip
+    a = torch.tensor([1.2], dtype=torch.float64, requires_grad=True)
+    b = torch.tensor([-0.1], dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 7, 5, dtype=torch.float64)
+    grads = []
+    for autograd in (False, True):
+        out, _, _ = cluster_groups(*args, sim_alpha=a, sim_beta=b, _autograd=autograd)
+        grads.append(torch.autograd.grad((out * w).sum(), [*args, a, b]))
+    for mine, ref in zip(*grads, strict=True):
+        torch.testing.assert_close(mine, ref)
