@@ -6,6 +6,7 @@ the two CIFAR peers of ``coc_cifar`` (``resnet_cifar``, ``vit_cifar``, in ``cocs
 
 from . import model as _model  # noqa: F401  (registers the timm variants)
 from . import peers as _peers  # noqa: F401  (registers resnet_cifar and vit_cifar)
+from . import pointmlp as _pointmlp  # noqa: F401  (registers pointmlp_elite, pointmlp_elite_coc)
 from .cluster import Cluster, ClusterOutput, cluster_groups, context_cluster, context_cluster_sets
 from .model import ContextCluster, capture_assignments, capture_similarities, create_model
 from .official import OFFICIAL_VARIANTS, load_official_checkpoint

@@ -1,0 +1,212 @@
+"""PointMLP-elite for point-cloud classification, and the same with context-cluster blocks.
+
+``pointmlp_elite``: PointMLP-elite as its paper (Ma et al., "Rethinking Network Design and
+Local Geometry in Point Cloud: A Simple Residual MLP Framework", ICLR 2022) and its public
+release (``pointMLPElite`` of ma-xu/pointMLP-pytorch, ModelNet40) describe it: an embedding
+of 32 channels, four stages that each sample half the points by farthest point sampling,
+group each anchor's 24 nearest neighbours, normalise them around the anchor with a learned
+affine map (the geometric affine module), and apply residual point MLPs with bottleneck 0.25
+before (on each group, then max-pooled) and after (on the anchors) the grouping: (1, 1, 2, 1)
+blocks each; channels 64, 128, 256, 256; then a three-layer classifier. 716,232 parameters
+for 40 classes, as the release.
+
+``pointmlp_elite_coc``: the same with a context-cluster block (:class:`PointCluster`) before
+each residual block of the local (pre-extraction) stages, as the Context Cluster release's
+PointMLP-CoC places them: each neighbourhood is one group, with one centre, its mean.
+
+The release applies Conv1d and BatchNorm1d to (B x groups, C, k) tensors; here every per-point
+layer is a channels-last Linear on (..., C) and BatchNorm over all points of a channel, the
+same function of the same parameters, without transposes (tests/test_pointmlp.py checks the
+equality on shared weights).
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.models import register_model
+from torch import Tensor, nn
+
+from .cluster import context_cluster_sets
+from .pointsets import farthest_point_sample, gather, knn
+
+__all__ = ["PointCluster", "PointMLP", "pointmlp_elite", "pointmlp_elite_coc"]
+
+
+class LinearBN(nn.Module):
+    """Linear (no bias) + BatchNorm over every point of a channel (+ ReLU): (..., C) -> (..., D).
+
+    The release's Conv1d(kernel_size=1, bias=False) + BatchNorm1d + ReLU, channels-last."""
+
+    def __init__(self, in_chans: int, out_chans: int, *, act: bool = True):
+        super().__init__()
+        self.linear = nn.Linear(in_chans, out_chans, bias=False)
+        self.bn = nn.BatchNorm1d(out_chans)
+        self.act = nn.ReLU(inplace=True) if act else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.bn(self.linear(x).flatten(0, -2))  # (points, D): statistics per channel
+        return self.act(y).view(*x.shape[:-1], -1)
+
+
+class ResBlock(nn.Module):
+    """relu(x + bn(linear(relu(bn(linear(x)))))) with a bottleneck of ``expansion * C``."""
+
+    def __init__(self, dim: int, expansion: float = 0.25):
+        super().__init__()
+        hidden = int(dim * expansion)
+        self.net1 = LinearBN(dim, hidden)
+        self.net2 = LinearBN(hidden, dim, act=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.net2(self.net1(x)) + x)
+
+
+class PointCluster(nn.Module):
+    """A context-cluster block on groups of points: (G, n, dim) -> (G, n, dim), residual.
+
+    Points and values are linear maps of the input (``fc1``, ``fc_v``); each group clusters
+    around ``centres`` proposed centres (the default, None: one, its mean) with
+    :func:`cocs.cluster.context_cluster_sets`; ``fc2`` maps the result back, added to the input.
+    """
+
+    def __init__(self, dim: int, *, heads: int = 1, head_dim: int | None = None):
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim or max(dim // 4, 32)
+        inner = self.heads * self.head_dim
+        self.fc1 = nn.Linear(dim, inner)
+        self.fc_v = nn.Linear(dim, inner)
+        self.fc2 = nn.Linear(inner, dim)
+        self.sim_alpha = nn.Parameter(torch.ones(1))
+        self.sim_beta = nn.Parameter(torch.zeros(1))
+        self.keep_assignment = False
+        self.last_assignment: Tensor | None = None
+
+    def forward(self, x: Tensor, centre_index: Tensor | None = None) -> Tensor:
+        res = context_cluster_sets(
+            self.fc1(x), self.fc_v(x), heads=self.heads, centre_index=centre_index,
+            sim_alpha=self.sim_alpha, sim_beta=self.sim_beta,
+        )  # fmt: skip
+        if self.keep_assignment:
+            self.last_assignment = res.assignment
+        return x + self.fc2(res.out)
+
+    def extra_repr(self) -> str:
+        return f"heads={self.heads}, head_dim={self.head_dim}"
+
+
+class LocalGrouper(nn.Module):
+    """Anchors by farthest point sampling, their k nearest points, normalised around the anchor.
+
+    (B, N, 3), (B, N, d) -> anchors (B, S, 3), groups (B, S, k, 2d): each neighbour's features
+    minus the anchor's, divided by one standard deviation per shape (over all its groups and
+    channels), through the affine map alpha * . + beta, then the anchor's own features beside.
+    """
+
+    def __init__(self, dim: int, anchors: int, k: int):
+        super().__init__()
+        self.anchors, self.k = anchors, k
+        self.affine_alpha = nn.Parameter(torch.ones(1, 1, 1, dim))
+        self.affine_beta = nn.Parameter(torch.zeros(1, 1, 1, dim))
+
+    def forward(self, xyz: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        B = xyz.shape[0]
+        idx = farthest_point_sample(xyz, self.anchors)  # (B, S)
+        anchor_xyz, anchor = gather(xyz, idx), gather(x, idx)  # (B, S, 3), (B, S, d)
+        groups = gather(x, knn(anchor_xyz, xyz, self.k))  # (B, S, k, d)
+        centred = groups - anchor.unsqueeze(2)
+        std = centred.reshape(B, -1).std(dim=-1).view(B, 1, 1, 1)  # one per shape, unbiased
+        normed = self.affine_alpha * (centred / (std + 1e-5)) + self.affine_beta
+        return anchor_xyz, torch.cat([normed, anchor.unsqueeze(2).expand_as(normed)], dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"anchors={self.anchors}, k={self.k}"
+
+
+class Stage(nn.Module):
+    """Group, then residual MLPs on each group (max-pooled over k), then on the anchors."""
+
+    def __init__(self, *, in_dim: int, out_dim: int, anchors: int, k: int, pre: int, pos: int,
+                 expansion: float, coc: bool):  # fmt: skip
+        super().__init__()
+        self.grouper = LocalGrouper(in_dim, anchors, k)
+        self.transfer = LinearBN(2 * in_dim, out_dim)
+        pre_blocks: list[nn.Module] = []
+        for _ in range(pre):
+            if coc:
+                pre_blocks.append(PointCluster(out_dim))
+            pre_blocks.append(ResBlock(out_dim, expansion))
+        self.pre = nn.ModuleList(pre_blocks)
+        self.pos = nn.Sequential(*[ResBlock(out_dim, expansion) for _ in range(pos)])
+
+    def forward(self, xyz: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        xyz, groups = self.grouper(xyz, x)  # (B, S, 3), (B, S, k, 2d)
+        B, S, k, _ = groups.shape
+        y = self.transfer(groups).flatten(0, 1)  # (B * S, k, out): one group per row
+        for block in self.pre:
+            y = block(y)
+        y = y.amax(dim=1).view(B, S, -1)  # (B, S, out)
+        return xyz, self.pos(y)
+
+
+class PointMLP(nn.Module):
+    """PointMLP for classification: (B, N, 3) point clouds -> (B, num_classes) logits."""
+
+    def __init__(self, *, num_classes: int = 40, points: int = 1024, embed_dim: int = 32,
+                 expansion: float = 0.25, dim_expansion=(2, 2, 2, 1), pre_blocks=(1, 1, 2, 1),
+                 pos_blocks=(1, 1, 2, 1), k: int = 24, reducers=(2, 2, 2, 2), coc: bool = False,
+                 drop_rate: float = 0.5, **kwargs):  # fmt: skip
+        super().__init__()
+        for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # timm's
+            kwargs.pop(key, None)
+        if kwargs:
+            raise TypeError(f"PointMLP got unknown arguments {sorted(kwargs)}")
+        self.num_classes, self.points = num_classes, points
+        self.embedding = LinearBN(3, embed_dim)
+        stages, dim, anchors = [], embed_dim, points
+        for i, reduce in enumerate(reducers):
+            anchors //= reduce
+            out = dim * dim_expansion[i]
+            stages.append(Stage(in_dim=dim, out_dim=out, anchors=anchors, k=k, pre=pre_blocks[i],
+                                pos=pos_blocks[i], expansion=expansion, coc=coc))  # fmt: skip
+            dim = out
+        self.stages = nn.ModuleList(stages)
+        self.num_features = dim
+        self.classifier = nn.Sequential(
+            nn.Linear(dim, 512), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Dropout(drop_rate),
+            nn.Linear(512, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Dropout(drop_rate),
+            nn.Linear(256, num_classes),
+        )  # fmt: skip
+
+    def forward_features(self, xyz: Tensor) -> Tensor:
+        """(B, N, 3) -> the last stage's anchors' features (B, S, C)."""
+        if xyz.dim() != 3 or xyz.shape[-1] != 3:
+            raise ValueError(
+                f"expected point clouds of shape (B, N, 3), got {tuple(xyz.shape)}; "
+                "move the coordinates last with x.transpose(1, 2)"
+            )
+        x = self.embedding(xyz)  # (B, N, embed)
+        for stage in self.stages:
+            xyz, x = stage(xyz, x)
+        return x
+
+    def forward(self, xyz: Tensor) -> Tensor:
+        return self.classifier(self.forward_features(xyz).amax(dim=1))
+
+
+@register_model
+def pointmlp_elite(pretrained: bool = False, **kwargs) -> PointMLP:
+    """PointMLP-elite (Ma et al., ICLR 2022; ma-xu/pointMLP-pytorch, pointMLPElite)."""
+    from .weights import load_shipped
+
+    model = PointMLP(**kwargs)
+    return load_shipped(model, "pointmlp_elite") if pretrained else model
+
+
+@register_model
+def pointmlp_elite_coc(pretrained: bool = False, **kwargs) -> PointMLP:
+    """PointMLP-elite with a context-cluster block before each local residual block (the
+    Context Cluster release's PointMLP-CoC, on the elite layout)."""
+    from .weights import load_shipped
+
+    model = PointMLP(coc=True, **kwargs)
+    return load_shipped(model, "pointmlp_elite_coc") if pretrained else model
