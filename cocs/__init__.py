@@ -7,6 +7,7 @@ the two CIFAR peers of ``coc_cifar`` (``resnet_cifar``, ``vit_cifar``, in ``cocs
 from . import model as _model  # noqa: F401  (registers the timm variants)
 from . import peers as _peers  # noqa: F401  (registers resnet_cifar and vit_cifar)
 from . import pointmlp as _pointmlp  # noqa: F401  (registers pointmlp_elite, pointmlp_elite_coc)
+from . import setmodel as _setmodel  # noqa: F401  (registers coc_points)
 from .cluster import Cluster, ClusterOutput, cluster_groups, context_cluster, context_cluster_sets
 from .model import ContextCluster, capture_assignments, capture_similarities, create_model
 from .official import OFFICIAL_VARIANTS, load_official_checkpoint
@@ -33,7 +34,11 @@ __all__ = [
 
 
 def variants() -> list[str]:
-    """Every Context Cluster variant registered with timm by this package."""
+    """Every Context Cluster image variant registered with timm by this package (the point-set
+    model ``coc_points`` of :mod:`cocs.setmodel` takes point clouds, not images)."""
     import timm
+    from timm.models import model_entrypoint
 
-    return sorted(timm.list_models("coc_*"))
+    return sorted(
+        n for n in timm.list_models("coc_*") if model_entrypoint(n).__module__ == _model.__name__
+    )
