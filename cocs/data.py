@@ -742,8 +742,13 @@ def train_transform(
     )
 
 
-def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 ``(B, 3, H, W)`` -> float ``(B, 3, H, W)`` standardised per channel."""
+def normalize(
+    images: torch.Tensor, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> torch.Tensor:
+    """uint8 ``(B, 3, H, W)`` -> float ``(B, 3, H, W)`` standardised per channel; data that
+    need no standardisation (point clouds: ``mean=None``) are returned as float."""
+    if mean is None:
+        return images.float()
     m = torch.tensor(mean, device=images.device).view(1, 3, 1, 1) * 255
     s = torch.tensor(std, device=images.device).view(1, 3, 1, 1) * 255
     return (images.float() - m) / s

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .data import DataNotFound, archive_dirs, data_root
 
-__all__ = ["ARCHIVE", "HDF5_URL", "PointClouds", "augment", "load_modelnet40"]
+__all__ = ["ARCHIVE", "HDF5_URL", "AugmentedPoints", "PointClouds", "augment", "load_modelnet40"]
 
 ARCHIVE = "modelnet40-1024.npz"
 HDF5_URL = "https://shapenet.cs.stanford.edu/media/modelnet40_ply_hdf5_2048.zip"
@@ -145,3 +145,31 @@ def augment(points: Tensor, generator: torch.Generator) -> Tensor:
     order = torch.rand(B, N, generator=generator).argsort(-1)  # (B, N)
     moved = points * scale + shift
     return moved.gather(1, order.unsqueeze(-1).expand(-1, -1, 3))
+
+
+class AugmentedPoints(torch.utils.data.Dataset):
+    """A :class:`PointClouds` split served in batches, like :class:`cocs.data.AugmentedImages`:
+    items are indices or ``(index, seed)`` pairs, and with ``train=True`` each shape gets
+    :func:`augment` drawn from its own seed (so the augmentation depends on the run's seed and
+    epoch, never on the model or the batch it falls in)."""
+
+    def __init__(self, data: PointClouds, *, train: bool):
+        self.data, self.train = data, train
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitems__(self, items) -> tuple[Tensor, Tensor]:
+        pairs = [it if isinstance(it, tuple) else (int(it), int(it)) for it in items]
+        idx = torch.tensor([i for i, _ in pairs])
+        points = self.data.points[idx]  # (B, N, 3)
+        if self.train:
+            points = torch.cat([
+                augment(points[j : j + 1], torch.Generator().manual_seed(int(s)))
+                for j, (_, s) in enumerate(pairs)
+            ])  # fmt: skip
+        return points, self.data.labels[idx]
+
+    def __getitem__(self, item):
+        points, labels = self.__getitems__([item])
+        return points[0], labels[0]

@@ -158,6 +158,8 @@ class PointMLP(nn.Module):
         super().__init__()
         for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # timm's
             kwargs.pop(key, None)
+        if kwargs.pop("drop_path_rate", 0.0):
+            raise ValueError("PointMLP has no stochastic depth: use drop_path=0")
         if kwargs:
             raise TypeError(f"PointMLP got unknown arguments {sorted(kwargs)}")
         self.num_classes, self.points = num_classes, points

@@ -61,7 +61,7 @@ class TrainConfig:
     shared_init: bool = False  # copy the seed's initial weights of `model` without model_kwargs
     drop_path: float = 0.1  # stochastic depth rate
     # data
-    dataset: str = "cifar10"  # cifar10, cifar100, imagenette, imagenet or folder
+    dataset: str = "cifar10"  # cifar10, cifar100, imagenette, imagenet, folder or modelnet40
     data_path: str = ""  # data location; empty: COCS_DATA_<NAME>, cache, archives, download
     download: bool = True  # allow downloading the data set as the last resort
     img_size: int = 32  # side of the images the model sees
@@ -169,7 +169,11 @@ class TrainConfig:
                 self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
                 "auto, cpu, cuda, cuda:N or mps",
             ),
-            ("dataset", self.dataset in D.DATASETS, f"one of {sorted(D.DATASETS)}"),
+            (
+                "dataset",
+                self.dataset in D.DATASETS or self.dataset in POINT_DATASETS,
+                f"one of {sorted([*D.DATASETS, *POINT_DATASETS])}",
+            ),
             ("max_per_class", self.max_per_class >= 0, "an int >= 0 (0: all)"),
             ("max_test_per_class", self.max_test_per_class >= 0, "an int >= 0 (0: all)"),
             ("max_classes", self.max_classes >= 0, "an int >= 0 (0: all)"),
@@ -209,7 +213,13 @@ class TrainConfig:
             raise ConfigError(
                 f"batch_size={self.batch_size} must be even with mixup/cutmix; use an even batch."
             )
-        if self.crop_pad != -1 and D.get_spec(self.dataset).train_crop != "pad":
+        if self.dataset in POINT_DATASETS:
+            if self.randaugment or self.mixup or self.cutmix or self.crop_pad != -1:
+                raise ConfigError(
+                    f"dataset={self.dataset!r} holds point clouds: randaugment, mixup, cutmix "
+                    "and crop_pad apply to images; leave them at their defaults"
+                )
+        elif self.crop_pad != -1 and D.get_spec(self.dataset).train_crop != "pad":
             raise ConfigError(
                 f"crop_pad={self.crop_pad} applies to pad-and-crop data sets (cifar10, cifar100); "
                 f"{self.dataset} uses a random resized crop: leave crop_pad at -1."
@@ -495,16 +505,35 @@ def share_initial_weights(model: nn.Module, reference: nn.Module) -> list[str]:
 class DataBundle:
     """The two splits of a run, ready for ``make_loader``."""
 
-    train: D.AugmentedImages
+    train: D.AugmentedImages  # or cocs.modelnet.AugmentedPoints
     test: D.AugmentedImages
     classes: list[str]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, float, float] | None  # None: the inputs need no standardisation
+    std: tuple[float, float, float] | None
     source: str
+
+
+# Data sets of point clouds: (B, N, 3) coordinates in, classes out (cocs.modelnet).
+POINT_DATASETS = ("modelnet40",)
 
 
 def build_data(cfg: TrainConfig, *, rank: int = 0) -> DataBundle:
     """Load (and on first use decode and cache) both splits of ``cfg.dataset``."""
+    if cfg.dataset in POINT_DATASETS:
+        from .modelnet import AugmentedPoints, load_modelnet40
+
+        common = dict(data_path=cfg.data_path, download=cfg.download,
+                      progress=cfg.progress and rank == 0)  # fmt: skip
+        train = load_modelnet40("train", max_per_class=cfg.max_per_class, **common)
+        test = load_modelnet40("test", max_per_class=cfg.max_test_per_class, **common)
+        return DataBundle(
+            train=AugmentedPoints(train, train=True),
+            test=AugmentedPoints(test, train=False),
+            classes=train.classes,
+            mean=None,  # coordinates need no standardisation
+            std=None,
+            source=train.source,
+        )
     spec = D.get_spec(cfg.dataset)
     common = dict(
         img_size=cfg.img_size,
@@ -1069,7 +1098,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
             write_metrics_csv(out_dir / "metrics.csv", rows)
         meta = {k: v for k, v in result.items() if k != "metrics"}
         meta["environment"] = env
-        meta["images_skipped"] = len(bundle.train.data.skipped) + len(bundle.test.data.skipped)
+        meta["images_skipped"] = sum(
+            len(getattr(split.data, "skipped", ())) for split in (bundle.train, bundle.test)
+        )
         _write_text(out_dir / "metrics.json", json.dumps(meta, indent=2) + "\n")
     result["model"] = model.eval()
     result["ema_model"] = ema.module.eval() if ema is not None else None
