@@ -61,11 +61,11 @@ $(BUILD)/smoke/%.ipynb: notebooks/%.py notebooks/profiles.yaml $(LIBRARY) | $(ST
 
 # Chapter 7 draws the models that chapters 4 and 5 trained; chapter 8 tabulates every chapter.
 DRAWN := 04_cifar10 05_imagenette
-TABULATED := $(filter-out 08_results,$(NOTEBOOKS))
+TABULATED := $(filter-out 10_results,$(NOTEBOOKS))
 $(BUILD)/default/07_cluster_maps.ipynb: $(foreach n,$(DRAWN),$(BUILD)/default/$(n).ipynb)
 $(BUILD)/smoke/07_cluster_maps.ipynb: $(foreach n,$(DRAWN),$(BUILD)/smoke/$(n).ipynb)
-$(BUILD)/default/08_results.ipynb: $(foreach n,$(TABULATED),$(BUILD)/default/$(n).ipynb)
-$(BUILD)/smoke/08_results.ipynb: $(foreach n,$(TABULATED),$(BUILD)/smoke/$(n).ipynb)
+$(BUILD)/default/10_results.ipynb: $(foreach n,$(TABULATED),$(BUILD)/default/$(n).ipynb)
+$(BUILD)/smoke/10_results.ipynb: $(foreach n,$(TABULATED),$(BUILD)/smoke/$(n).ipynb)
 
 # The plan (stale chapters, their recorded times, the total) first, then one line per chapter.
 reproduce: install

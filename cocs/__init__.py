@@ -9,6 +9,7 @@ from . import peers as _peers  # noqa: F401  (registers resnet_cifar and vit_cif
 from . import pointmlp as _pointmlp  # noqa: F401  (registers pointmlp_elite, pointmlp_elite_coc)
 from . import setmodel as _setmodel  # noqa: F401  (registers coc_points)
 from .cluster import Cluster, ClusterOutput, cluster_groups, context_cluster, context_cluster_sets
+from .fingerprint import model_fingerprint
 from .model import ContextCluster, capture_assignments, capture_similarities, create_model
 from .official import OFFICIAL_VARIANTS, load_official_checkpoint
 from .points import coordinates, image_to_points, points_to_image, with_positions
@@ -27,6 +28,7 @@ __all__ = [
     "create_model",
     "image_to_points",
     "load_official_checkpoint",
+    "model_fingerprint",
     "points_to_image",
     "variants",
     "with_positions",

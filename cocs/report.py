@@ -19,7 +19,7 @@ from .handbook import atomic_write_text
 
 __all__ = ["BEGIN", "END", "SECTIONS", "readme_block", "render", "stale_results", "update_readme"]
 
-BEGIN = "<!-- results:begin (written by notebooks/08_results.py; do not edit) -->"
+BEGIN = "<!-- results:begin (written by notebooks/10_results.py; do not edit) -->"
 END = "<!-- results:end -->"
 
 
@@ -208,6 +208,35 @@ def _ablations(results: Path) -> str | None:
     return text
 
 
+def _points(results: Path) -> str | None:
+    path = results / "08_point_clouds" / "summary.csv"
+    if not path.is_file():
+        return None
+    df = pd.read_csv(path)
+    runs = pd.read_csv(results / "08_point_clouds" / "runs.csv")
+    spread = lambda m, sd: f"{m:.2f}" + ("" if pd.isna(sd) else f" ± {sd:.2f}")  # noqa: E731
+    shown = pd.DataFrame(
+        {
+            "model": df["model"],
+            "params": df["params"],
+            "seeds": df["seeds"],
+            "OA (%), mean ± sd": [
+                spread(m, s) for m, s in zip(df["oa_mean"], df["oa_sd"], strict=True)
+            ],
+            "mAcc (%), mean ± sd": [
+                spread(m, s) for m, s in zip(df["macc_mean"], df["macc_sd"], strict=True)
+            ],
+            "epochs": df["epochs"].round(1),
+            "minutes per run": df["minutes"].round(1),
+        }
+    )
+    note = (
+        f"\n\nModelNet40 test split ({runs['hardware'].iloc[0]}, {runs['threads'].iloc[0]} "
+        "threads), equal wall-clock budgets per run."
+    )
+    return shown.to_markdown(index=False) + note
+
+
 def _bench(results: Path) -> str | None:
     files = sorted((results / "bench").glob("*.csv"))
     if not files:
@@ -247,6 +276,7 @@ SECTIONS: tuple[tuple[str, Callable[[Path], str | None], str], ...] = (
     ("CIFAR-10 against peers (chapter 4)", _cifar, "python -m cocs.handbook run 04_cifar10"),
     ("Imagenette (chapter 5)", _imagenette, "python -m cocs.handbook run 05_imagenette"),
     ("Ablations on CIFAR-10 (chapter 6)", _ablations, "python -m cocs.handbook run 06_ablations"),
+    ("Point clouds (chapter 8)", _points, "python -m cocs.handbook run 08_point_clouds"),
     ("Speed and memory (`make bench`)", _bench, "make bench"),
 )
 
@@ -265,7 +295,7 @@ def stale_results(folder: str | os.PathLike) -> list[str]:
         today = model_fingerprint(create_model(cfg, num_classes=len(meta["classes"])))
         if meta.get("fingerprint") != today:
             problems.append(
-                f"{path.relative_to(folder)} was written by a model with fingerprint "
+                f"`{path.relative_to(Path(folder).parent)}` was written by a model with fingerprint "
                 f"{meta.get('fingerprint', '(none)')}; the code builds {today} for its config today"
             )
     return problems
@@ -283,7 +313,7 @@ def render(results_dir: str | os.PathLike) -> str:
         chapter = command.split()[-1]
         stale = stale_results(results / chapter) if (results / chapter).is_dir() else []
         if stale:
-            listed = "; ".join(f"`{chapter}/{p}`" for p in stale)
+            listed = "; ".join(stale)
             body = f"Not tabulated: stale results ({listed}). Regenerate them: `{command}`."
         else:
             body = reader(results)

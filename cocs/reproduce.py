@@ -28,7 +28,7 @@ from .handbook import build_path, notebook_names, notebook_source, repo_root, wr
 __all__ = ["READS", "estimates", "plan", "record_timing", "stale", "timings_file"]
 
 # Chapters that read what other chapters wrote ("*": every other chapter).
-READS = {"07_cluster_maps": ("04_cifar10", "05_imagenette"), "08_results": ("*",)}
+READS = {"07_cluster_maps": ("04_cifar10", "05_imagenette"), "10_results": ("*",)}
 
 
 def _reads(name: str, names: list[str]) -> list[str]:

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats as st
 
-__all__ = ["PairedDifference", "paired_difference"]
+__all__ = ["PairedDifference", "class_accuracies", "paired_difference"]
 
 
 @dataclass(frozen=True)
@@ -106,3 +106,15 @@ def paired_difference(
         images=N,
         per_seed=tuple(float(x) for x in per_seed),
     )
+
+
+def class_accuracies(labels: np.ndarray, preds: np.ndarray, classes: int) -> np.ndarray:
+    """Accuracy (%) on each class's test items: (classes,), NaN for a class with none.
+
+    Their mean is the "mean class accuracy" (mAcc) of point-cloud benchmarks, beside the
+    overall accuracy (OA) over all items."""
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    total = np.bincount(labels, minlength=classes).astype(float)
+    right = np.bincount(labels[labels == preds], minlength=classes).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, 100.0 * right / total, np.nan)

@@ -13,7 +13,7 @@ def test_readme_tables_equal_the_regenerated_ones():
     readme = (repo_root() / "README.md").read_text(encoding="utf-8")
     assert report.readme_block(readme) == report.render(repo_root() / "results"), (
         "README.md's results section differs from the results files: "
-        "run `python -m cocs.handbook run 08_results`"
+        "run `python -m cocs.handbook run 10_results`"
     )
 
 
@@ -54,13 +54,37 @@ def test_compiled_columns_are_blank_where_not_measured(tmp_path):
     assert x[-2:] == ["2.1", "239"] and y[-2:] == ["", ""]
 
 
+def _metrics(config: dict, model: str = "coc_micro") -> dict:
+    """A metrics.json of a run of ``model`` with ``config``, with today's fingerprint."""
+    from cocs.fingerprint import model_fingerprint
+    from cocs.train import TrainConfig, create_model
+
+    full = {"model": model} | config
+    fp = model_fingerprint(create_model(TrainConfig.from_dict(full), 10))
+    return {"config": full, "classes": [str(i) for i in range(10)], "fingerprint": fp}
+
+
+def test_stale_results_are_refused_with_their_file_and_command(tmp_path):
+    (tmp_path / "06_ablations" / "x" / "seed0").mkdir(parents=True)
+    stale = _metrics({}) | {"fingerprint": "0123456789abcdef"}
+    (tmp_path / "06_ablations" / "x" / "seed0" / "metrics.json").write_text(json.dumps(stale))
+    text = report.render(tmp_path)
+    assert (
+        "Not tabulated: stale results (`06_ablations/x/seed0/metrics.json` was written by a "
+        in text
+    )
+    assert "model with fingerprint 0123456789abcdef" in text
+    assert "Regenerate them: `python -m cocs.handbook run 06_ablations`" in text
+    assert report.stale_results(tmp_path / "04_cifar10") == []
+
+
 def _cifar_run(results, configs, extra_columns=None, **meta):
     """A chapter-4 comparison.csv and one metrics.json per model with the given configs
     (and ``meta``, further metrics.json keys shared by every model)."""
     out = results / "04_cifar10"
     for model, config in configs.items():
         (out / model).mkdir(parents=True)
-        (out / model / "metrics.json").write_text(json.dumps({"config": config} | meta))
+        (out / model / "metrics.json").write_text(json.dumps(_metrics(config) | meta))
     row = {"test_acc_final": 80.0, "params": 2.5e6, "macs_m": 33.0, "epochs": 3}
     row |= extra_columns or {}
     row |= {"train_img_s": 1.0, "infer_img_s": 2.0, "wall_minutes": 3.0, "budget_minutes": 40.0}

@@ -62,3 +62,11 @@ def test_bad_inputs_are_named():
         paired_difference(np.ones((1, 5), bool), np.ones((1, 5), bool))
     with pytest.raises(ValueError, match="must both be"):
         paired_difference(np.ones((2, 5), bool), np.ones((2, 4), bool))
+
+
+def test_class_accuracies_count_each_class_alone():
+    from cocs.stats import class_accuracies
+
+    acc = class_accuracies(np.array([0, 0, 1, 1, 1, 3]), np.array([0, 1, 1, 1, 0, 3]), 4)
+    np.testing.assert_allclose(acc[[0, 1, 3]], [50.0, 200 / 3, 100.0])
+    assert np.isnan(acc[2])
