@@ -199,14 +199,14 @@ def run_config(key: str, seed: int, params: Mapping, out: str | os.PathLike):
 def finished_run(cfg) -> dict | None:
     """The ``metrics.json`` of a finished run of ``cfg`` whose model fingerprint and recipe equal
     today's, with its predictions; None when there is none (or it is stale)."""
-    from .train import create_model, recipe
+    from .train import create_model, same_recipe
 
     folder = Path(cfg.out_dir)
     meta_path, pred_path = folder / "metrics.json", folder / "predictions.npz"
     if not (meta_path.is_file() and pred_path.is_file()):
         return None
     meta = json.loads(meta_path.read_text())
-    if not meta.get("complete") or meta.get("recipe") != recipe(cfg):
+    if not meta.get("complete") or not same_recipe(meta.get("recipe", {}), cfg):
         return None
     from .fingerprint import model_fingerprint
 

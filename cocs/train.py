@@ -321,6 +321,14 @@ def recipe(cfg: "TrainConfig | Mapping") -> dict:
     return {k: v for k, v in d.items() if k not in RUN_ONLY_KEYS | {"model", "model_kwargs"}}
 
 
+def same_recipe(recorded: Mapping, cfg: "TrainConfig") -> bool:
+    """Whether a recorded :func:`recipe` is that of ``cfg``. A key the record lacks (a setting
+    added since) counts as its default; a key only the record has (one removed since) is
+    ignored, so that adding a setting does not make every committed run stale."""
+    defaults = asdict(TrainConfig())
+    return all(recorded.get(k, defaults[k]) == v for k, v in recipe(cfg).items())
+
+
 def portable_source(text: str) -> str:
     """A data set's source description with every absolute path cut to its last component
     ("cache folder /home/me/cocs/data" -> "cache folder data")."""

@@ -492,3 +492,13 @@ def test_testing_every_kth_epoch_still_tests_the_last(tree, tmp_path):
     assert np.isnan(acc[0]) and not np.isnan(acc[1]) and not np.isnan(acc[2])
     assert sparse["final"]["test_acc"] == every["final"]["test_acc"], "testing changes no training"
     assert sparse["metrics"][-1]["train_loss"] == every["metrics"][-1]["train_loss"]
+
+
+def test_a_recipe_recorded_before_a_setting_existed_still_matches():
+    cfg = T.TrainConfig(epochs=12, lr=2e-3)
+    recorded = T.recipe(cfg)
+    assert T.same_recipe(recorded, cfg)
+    older = {k: v for k, v in recorded.items() if k != "eval_flip" and k != "label_smoothing"}
+    assert T.same_recipe(older | {"a_removed_setting": 1}, cfg), "defaults fill what is missing"
+    assert not T.same_recipe(older, T.TrainConfig(epochs=12, lr=2e-3, label_smoothing=0.2))
+    assert not T.same_recipe(recorded, T.TrainConfig(epochs=11, lr=2e-3))
