@@ -98,7 +98,12 @@ class PaperCluster(nn.Module):
 
 
 def paper_model(model: nn.Module) -> nn.Module:
-    """A copy of a ``cocs`` model that computes the paper's formulation, NCHW, same weights."""
+    """A copy of a ``cocs`` model that computes the paper's formulation, NCHW, same weights
+    (for a PointMLP: the release's Conv1d layout, :class:`ReleasePointMLP`)."""
+    from .pointmlp import PointMLP
+
+    if isinstance(model, PointMLP):
+        return ReleasePointMLP(copy.deepcopy(model))
     paper = copy.deepcopy(model)
     paper.channels_last = False
     for module in paper.modules():
@@ -108,6 +113,64 @@ def paper_model(model: nn.Module) -> nn.Module:
         if isinstance(getattr(block, "token_mixer", None), Cluster):
             block.token_mixer = PaperCluster(block.token_mixer)
     return paper
+
+
+def _release_layer(layer, x: Tensor) -> Tensor:
+    """PointMLP's Conv1d(kernel 1, no bias) + BatchNorm1d (+ ReLU) on (B', C, L), with the
+    weights of a channels-last ``cocs.pointmlp.LinearBN``."""
+    y = layer.bn(F.conv1d(x, layer.linear.weight.unsqueeze(-1)))
+    return layer.act(y)
+
+
+def _release_res(block, x: Tensor) -> Tensor:
+    return (_release_layer(block.net2, _release_layer(block.net1, x)) + x).relu()
+
+
+def release_pointmlp(model: nn.Module, xyz: Tensor) -> Tensor:
+    """PointMLP's forward pass as its release writes it, on the weights of a
+    ``cocs.pointmlp.PointMLP``: features (B, C, N), groups (B * S, C, k), Conv1d layers, and a
+    kNN by the expanded square distance. (B, N, 3) -> (B, classes)."""
+    from .pointmlp import ResBlock
+    from .pointsets import farthest_point_sample
+
+    x = _release_layer(model.embedding, xyz.transpose(1, 2))  # (B, C, N)
+    for stage in model.stages:
+        g = stage.grouper
+        B = x.shape[0]
+        pts = x.transpose(1, 2)  # (B, N, C)
+        idx = farthest_point_sample(xyz, g.anchors)  # (B, S)
+        rows = torch.arange(B, device=xyz.device).unsqueeze(1)
+        new_xyz, anchor = xyz[rows, idx], pts[rows, idx]  # (B, S, 3), (B, S, C)
+        sq = (-2 * new_xyz @ xyz.transpose(1, 2) + new_xyz.square().sum(-1, keepdim=True)
+              + xyz.square().sum(-1).unsqueeze(1))  # (B, S, N)  # fmt: skip
+        near = sq.topk(g.k, dim=-1, largest=False).indices  # (B, S, k)
+        grouped = pts[rows.unsqueeze(-1), near]  # (B, S, k, C)
+        centred = grouped - anchor.unsqueeze(2)
+        std = torch.std(centred.reshape(B, -1), dim=-1).view(B, 1, 1, 1)
+        grouped = g.affine_alpha * centred / (std + 1e-5) + g.affine_beta
+        grouped = torch.cat([grouped, anchor.unsqueeze(2).expand_as(grouped)], dim=-1)
+        S, k = grouped.shape[1:3]
+        y = _release_layer(stage.transfer, grouped.reshape(B * S, k, -1).transpose(1, 2))
+        for block in stage.pre:  # (B * S, C, k)
+            is_res = isinstance(block, ResBlock)
+            y = _release_res(block, y) if is_res else block(y.transpose(1, 2)).transpose(1, 2)
+        y = F.adaptive_max_pool1d(y, 1).view(B, S, -1).transpose(1, 2)  # (B, C, S)
+        for block in stage.pos:
+            y = _release_res(block, y)
+        x, xyz = y, new_xyz
+    return model.classifier(F.adaptive_max_pool1d(x, 1).flatten(1))
+
+
+class ReleasePointMLP(nn.Module):
+    """:func:`release_pointmlp` as a module sharing the weights of ``model``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.num_classes = model.num_classes
+
+    def forward(self, xyz: Tensor) -> Tensor:
+        return release_pointmlp(self.model, xyz)
 
 
 def hardware_name() -> str:
@@ -250,7 +313,9 @@ def compare(
     fast = timm.create_model(name, **kwargs).to(device).train()
     slow = paper_model(fast)
     n_cls = fast.num_classes
-    x = torch.randn(batch, 3, img_size, img_size, device=device)
+    points = hasattr(fast, "stages") and not hasattr(fast, "network")  # a point-cloud model
+    shape = (batch, img_size, 3) if points else (batch, 3, img_size, img_size)  # img_size: N
+    x = torch.randn(*shape, device=device)
     y = torch.randint(0, n_cls, (batch,), device=device)
     opts = {
         k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in (("paper", slow), ("cocs", fast))
@@ -358,7 +423,8 @@ def main(argv: list[str] | None = None) -> Path | None:
         "--cases",
         nargs="+",
         default=[f"{m}:{s}:{b}" + (":compiled" if c else "") for m, s, b, c in CASES],
-        help="model:image_size:batch[:compiled], one or more",
+        help="model:image_size:batch[:compiled], one or more (for point-cloud models the "
+        "size is the number of points)",
     )
     p.add_argument(
         "--in_process",

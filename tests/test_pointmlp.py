@@ -1,14 +1,15 @@
 """PointMLP-elite and its context-cluster variant: the release's parameter count, every
-parameter learns, and the channels-last layers compute what the release's Conv1d layers do."""
+parameter learns, and the channels-last layers, with the grouping fused into the linear layer
+after it, compute what the release's Conv1d layers do (cocs.bench.release_pointmlp, the
+baseline of `make bench`)."""
 
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
 
 import cocs  # noqa: F401  (registers the models)
-from cocs.pointmlp import LinearBN, PointCluster, PointMLP, ResBlock
-from cocs.pointsets import farthest_point_sample
+from cocs.bench import paper_model, release_pointmlp
+from cocs.pointmlp import PointCluster, PointMLP
 
 
 def test_the_elite_model_has_the_release_parameter_count():
@@ -32,49 +33,6 @@ def test_shapes_and_every_parameter_learns(name):
         model(torch.randn(3, 3, 128))
 
 
-def cbr(layer: LinearBN, x: torch.Tensor) -> torch.Tensor:
-    """The release's Conv1d(kernel 1, no bias) + BatchNorm1d (+ ReLU) on (B', C, L)."""
-    y = F.conv1d(x, layer.linear.weight.unsqueeze(-1))
-    bn = layer.bn
-    y = F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
-    return y.relu() if isinstance(layer.act, torch.nn.ReLU) else y
-
-
-def res(block: ResBlock, x: torch.Tensor) -> torch.Tensor:
-    return (cbr(block.net2, cbr(block.net1, x)) + x).relu()
-
-
-def release_forward(model: PointMLP, xyz: torch.Tensor) -> torch.Tensor:
-    """The release's layout: features (B, C, N), groups (B * S, C, k), Conv1d layers."""
-    x = cbr(model.embedding, xyz.transpose(1, 2))  # (B, C, N)
-    for stage in model.stages:
-        g = stage.grouper
-        B, C, N = x.shape
-        pts = x.transpose(1, 2)  # (B, N, C)
-        idx = farthest_point_sample(xyz, g.anchors)  # (B, S)
-        new_xyz = torch.stack([xyz[b, idx[b]] for b in range(B)])
-        anchor = torch.stack([pts[b, idx[b]] for b in range(B)])  # (B, S, C)
-        sq = (new_xyz.unsqueeze(2) - xyz.unsqueeze(1)).square().sum(-1)  # (B, S, N)
-        near = sq.topk(g.k, dim=-1, largest=False).indices  # (B, S, k)
-        grouped = torch.stack([pts[b][near[b]] for b in range(B)])  # (B, S, k, C)
-        centred = grouped - anchor.unsqueeze(2)
-        std = torch.std(centred.reshape(B, -1), dim=-1).view(B, 1, 1, 1)
-        grouped = g.affine_alpha * centred / (std + 1e-5) + g.affine_beta
-        grouped = torch.cat([grouped, anchor.unsqueeze(2).expand_as(grouped)], dim=-1)
-        S, k = grouped.shape[1:3]
-        y = cbr(stage.transfer, grouped.reshape(B * S, k, -1).transpose(1, 2))  # (B*S, C, k)
-        for block in stage.pre:
-            if isinstance(block, ResBlock):
-                y = res(block, y)
-            else:
-                y = block(y.transpose(1, 2)).transpose(1, 2)
-        y = F.adaptive_max_pool1d(y, 1).view(B, S, -1).transpose(1, 2)  # (B, C, S)
-        for block in stage.pos:
-            y = res(block, y)
-        x, xyz = y, new_xyz
-    return model.classifier(F.adaptive_max_pool1d(x, 1).flatten(1))
-
-
 @pytest.mark.parametrize("coc", [False, True])
 def test_channels_last_layers_compute_the_release_formulation(coc):
     torch.manual_seed(0)
@@ -85,4 +43,11 @@ def test_channels_last_layers_compute_the_release_formulation(coc):
             m.running_var.uniform_(0.5, 2)
     xyz = torch.randn(2, 64, 3)
     with torch.no_grad():
-        torch.testing.assert_close(model(xyz), release_forward(model, xyz), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(model(xyz), release_pointmlp(model, xyz), rtol=1e-4, atol=1e-4)
+    # and in training mode (batch statistics), the benchmark's baseline with shared weights
+    model.train()
+    baseline = paper_model(model)
+    torch.manual_seed(1)  # the same dropout masks in the classifier
+    ours = model(xyz)
+    torch.manual_seed(1)
+    torch.testing.assert_close(ours, baseline(xyz), rtol=1e-4, atol=1e-4)
