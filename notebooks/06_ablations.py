@@ -366,8 +366,8 @@ if pairs and all(p.is_file() for p in checkpoints.values()):
     images = test_images(run_config("full", 0, globals(), out), 512)
     parts = []
     for (k, s), path in checkpoints.items():
-        trained, cfg = load_trained(path)
-        parts.append(similarity_diagnosis(trained, images).assign(key=k, seed=s, weights="trained"))
+        net, cfg = load_trained(path)
+        parts.append(similarity_diagnosis(net, images).assign(key=k, seed=s, weights="trained"))
         torch.manual_seed(s)
         parts.append(similarity_diagnosis(create_model(cfg, 10), images).assign(
             key=k, seed=s, weights="initial"))  # fmt: skip
