@@ -74,7 +74,7 @@ from PIL import Image
 
 import cocs
 import cocs.paper
-from cocs.bench import cpu_peak_mib, hardware_name, paper_cluster
+from cocs.bench import busy_percent, cpu_peak_mib, hardware_name, keep_quiet_timings, paper_cluster
 from cocs.cluster import context_cluster
 from cocs.data import IMAGENET_MEAN, IMAGENET_STD, normalize
 from cocs.handbook import results_path, save_figure, write_csv
@@ -674,6 +674,7 @@ def step(run, xb, vb, mixer):
     run(xb, vb, mixer).sum().backward()
 
 
+busy = busy_percent()  # what the rest of the machine is doing while this times
 records = []
 for side, p in itertools.product(sides, grids):
     if p > side:
@@ -701,6 +702,15 @@ for side, p in itertools.product(sides, grids):
         )
 scaling = pd.DataFrame(records)
 scaling["hardware"], scaling["threads"] = hardware_name(), torch.get_num_threads()
+scaling["busy_percent"] = busy
+# timings of a busy machine never replace committed ones of a quiet machine: they go beside
+scaling["case"] = scaling["impl"] + ":" + scaling["N"].astype(str) + ":" + scaling["M"].astype(str)
+scaling, busy_timings = keep_quiet_timings(scaling, out / "scaling.csv", key="case",
+                                           columns=["seconds", "peak_mib"])  # fmt: skip
+if busy_timings is not None:
+    write_csv(busy_timings, out / "scaling.busy.csv")
+    print(f"this machine was busy ({busy:.0f}% of the CPUs in other processes): the quiet "
+          "timings of scaling.csv are kept; these are in scaling.busy.csv")
 write_csv(scaling, out / "scaling.csv")
 print(
     f"measured on {hardware_name()}: torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
