@@ -4,6 +4,7 @@ Importing the package registers every variant with timm: ``timm.create_model("co
 the two CIFAR peers of ``coc_cifar`` (``resnet_cifar``, ``vit_cifar``, in ``cocs.peers``).
 """
 
+from . import dense as _dense  # noqa: F401  (registers semantic_fpn)
 from . import model as _model  # noqa: F401  (registers the timm variants)
 from . import peers as _peers  # noqa: F401  (registers resnet_cifar and vit_cifar)
 from . import pointmlp as _pointmlp  # noqa: F401  (registers pointmlp_elite, pointmlp_elite_coc)

@@ -14,9 +14,10 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch.nn.functional as F
+from timm.models import register_model
 from torch import Tensor, nn
 
-__all__ = ["FPNBackbone", "SemanticFPN", "build_detector"]
+__all__ = ["FPNBackbone", "SemanticFPN", "build_detector", "semantic_fpn"]
 
 
 def _conv_gn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -115,3 +116,25 @@ def build_detector(
     cls = MaskRCNN if kind == "mask" else FasterRCNN
     return cls(FPNBackbone(backbone), num_classes=num_classes, min_size=min_size,
                max_size=max_size)  # fmt: skip
+
+
+@register_model
+def semantic_fpn(
+    pretrained: bool = False, *, backbone: str = "coc_imagenette", backbone_kwargs=None,
+    num_classes: int = 11, fpn_dim: int = 128, head_dim: int = 64, drop_path_rate: float = 0.0,
+    **kwargs,
+) -> SemanticFPN:  # fmt: skip
+    """Semantic FPN on the four stages of ``backbone`` (any timm name; ``backbone_kwargs`` are
+    its arguments, such as ``{"proposal_w": 5, "proposal_h": 5}`` for 25 centres per region).
+    ``pretrained=True`` starts the backbone from the weights that ship with cocs for it."""
+    import timm
+
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # timm's
+        kwargs.pop(key, None)
+    if kwargs:
+        raise TypeError(f"semantic_fpn got unknown arguments {sorted(kwargs)}")
+    extra = dict(backbone_kwargs or {})
+    if drop_path_rate:
+        extra["drop_path_rate"] = drop_path_rate
+    body = timm.create_model(backbone, pretrained=pretrained, features_only=True, **extra)
+    return SemanticFPN(body, num_classes, fpn_dim=fpn_dim, head_dim=head_dim)

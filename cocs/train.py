@@ -61,10 +61,10 @@ class TrainConfig:
     shared_init: bool = False  # copy the seed's initial weights of `model` without model_kwargs
     drop_path: float = 0.1  # stochastic depth rate
     # data
-    dataset: str = "cifar10"  # cifar10, cifar100, imagenette, imagenet, folder or modelnet40
+    dataset: str = "cifar10"  # cifar10, cifar100, imagenette, imagenet, folder, modelnet40, camvid
     data_path: str = ""  # data location; empty: COCS_DATA_<NAME>, cache, archives, download
     download: bool = True  # allow downloading the data set as the last resort
-    img_size: int = 32  # side of the images the model sees
+    img_size: int = 32  # side of the images the model sees (camvid: rows, 4:3 scenes)
     max_per_class: int = 0  # training images kept per class (first in file order); 0: all
     max_test_per_class: int = 0  # evaluation images kept per class; 0: all
     max_classes: int = 0  # classes kept (first in sorted order); 0: all
@@ -171,8 +171,8 @@ class TrainConfig:
             ),
             (
                 "dataset",
-                self.dataset in D.DATASETS or self.dataset in POINT_DATASETS,
-                f"one of {sorted([*D.DATASETS, *POINT_DATASETS])}",
+                self.dataset in (*D.DATASETS, *POINT_DATASETS, *SEGMENTATION_DATASETS),
+                f"one of {sorted([*D.DATASETS, *POINT_DATASETS, *SEGMENTATION_DATASETS])}",
             ),
             ("max_per_class", self.max_per_class >= 0, "an int >= 0 (0: all)"),
             ("max_test_per_class", self.max_test_per_class >= 0, "an int >= 0 (0: all)"),
@@ -213,11 +213,12 @@ class TrainConfig:
             raise ConfigError(
                 f"batch_size={self.batch_size} must be even with mixup/cutmix; use an even batch."
             )
-        if self.dataset in POINT_DATASETS:
+        if self.dataset in POINT_DATASETS or self.dataset in SEGMENTATION_DATASETS:
             if self.randaugment or self.mixup or self.cutmix or self.crop_pad != -1:
+                what = "point clouds" if self.dataset in POINT_DATASETS else "per-pixel classes"
                 raise ConfigError(
-                    f"dataset={self.dataset!r} holds point clouds: randaugment, mixup, cutmix "
-                    "and crop_pad apply to images; leave them at their defaults"
+                    f"dataset={self.dataset!r} holds {what}: randaugment, mixup, cutmix and "
+                    "crop_pad apply to image classification; leave them at their defaults"
                 )
         elif self.crop_pad != -1 and D.get_spec(self.dataset).train_crop != "pad":
             raise ConfigError(
@@ -523,10 +524,37 @@ class DataBundle:
 
 # Data sets of point clouds: (B, N, 3) coordinates in, classes out (cocs.modelnet).
 POINT_DATASETS = ("modelnet40",)
+# Data sets of per-pixel classes, with the class id that counts nowhere (void).
+SEGMENTATION_DATASETS = {"camvid": 11}
+
+
+def segmentation_size(img_size: int) -> tuple[int, int]:
+    """(H, W) of CamVid's 4:3 scenes for ``img_size`` rows, both multiples of 32 (which the
+    region partition of every stage divides)."""
+    h = 32 * max(1, round(img_size / 32))
+    return h, 32 * max(1, round(h * 4 / 3 / 32))
 
 
 def build_data(cfg: TrainConfig, *, rank: int = 0) -> DataBundle:
     """Load (and on first use decode and cache) both splits of ``cfg.dataset``."""
+    if cfg.dataset in SEGMENTATION_DATASETS:
+        from .camvid import AugmentedSegmentation, load_camvid
+
+        size = segmentation_size(cfg.img_size)
+        common = dict(size=size, data_path=cfg.data_path, download=cfg.download,
+                      progress=cfg.progress and rank == 0)  # fmt: skip
+        # max_per_class: images kept (first in name order), as segmentation has no classes
+        train = load_camvid("train", max_images=cfg.max_per_class, **common)
+        test = load_camvid("test", max_images=cfg.max_test_per_class, **common)
+        spec = D.get_spec("imagenet")
+        return DataBundle(
+            train=AugmentedSegmentation(train, train=True, crop=size),
+            test=AugmentedSegmentation(test, train=False),
+            classes=list(train.classes),
+            mean=spec.mean,
+            std=spec.std,
+            source=train.source,
+        )
     if cfg.dataset in POINT_DATASETS:
         from .modelnet import AugmentedPoints, load_modelnet40
 
@@ -624,11 +652,17 @@ def evaluate(
     std,
     amp_dtype: torch.dtype | None = None,
     flip: bool = False,
+    ignore_index: int = -100,
+    confusion: torch.Tensor | None = None,
 ) -> tuple[float, float, int]:
     """Mean cross-entropy, top-1 accuracy (%) and count over a loader (summed over processes).
 
+    Targets may be one class per item (B,) or per pixel (B, H, W) against logits (B, C, H, W);
+    targets equal to ``ignore_index`` count nowhere (segmentation's void). ``confusion``, a
+    (C, C) tensor, is added the counts of (target, prediction) pairs, for mean IoU.
     ``flip=True`` is test-time augmentation by horizontal flips: the model sees each image and
-    its mirror, and the two predicted class distributions are averaged.
+    its mirror (whose per-pixel predictions are mirrored back), and the two predicted class
+    distributions are averaged.
     """
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
@@ -641,16 +675,43 @@ def evaluate(
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(x)
                 mirrored = model(x.flip(3)) if flip else None
-            log_p = logits.float().log_softmax(1)  # (B, classes)
+            log_p = logits.float().log_softmax(1)  # (B, classes) or (B, classes, H, W)
             if flip:  # the log of the mean of the two distributions
+                mirrored = mirrored.flip(3) if mirrored.dim() == 4 else mirrored
                 log_p = torch.logaddexp(log_p, mirrored.float().log_softmax(1)) - math.log(2)
-            totals[0] += nn.functional.nll_loss(log_p, y, reduction="sum").double()
-            totals[1] += (log_p.argmax(1) == y).sum()
-            totals[2] += len(y)
+            totals[0] += nn.functional.nll_loss(
+                log_p, y, reduction="sum", ignore_index=ignore_index
+            ).double()
+            correct, count = _scores(log_p, y, ignore_index, confusion)
+            totals[1] += correct
+            totals[2] += count
     if dist.is_initialized():
         dist.all_reduce(totals)
+        if confusion is not None:
+            dist.all_reduce(confusion)
     loss, correct, n = totals.tolist()
     return loss / n, 100.0 * correct / n, int(n)
+
+
+def _scores(logits: torch.Tensor, y: torch.Tensor, ignore_index: int, confusion=None):
+    """Correct predictions and counted targets of a batch (targets at ``ignore_index`` left
+    out), and the (target, prediction) counts added to ``confusion`` when given."""
+    pred = logits.argmax(1)
+    valid = y != ignore_index
+    if confusion is not None:
+        C = confusion.shape[0]
+        pairs = y[valid] * C + pred[valid]
+        confusion += torch.bincount(pairs, minlength=C * C).view(C, C).to(confusion.dtype)
+    return ((pred == y) & valid).sum(), valid.sum()
+
+
+def mean_iou(confusion: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """Mean intersection over union (%) and each class's IoU from a (C, C) confusion matrix of
+    (target, prediction) counts; classes that occur in neither count as NaN and are left out."""
+    c = confusion.double()
+    inter, union = c.diag(), c.sum(0) + c.sum(1) - c.diag()
+    iou = torch.where(union > 0, 100.0 * inter / union.clamp_min(1), torch.nan)
+    return float(iou.nanmean()), iou
 
 
 def predict(
@@ -660,22 +721,38 @@ def predict(
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
     batch: int = 256,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The label and the predicted class of every test image, in the test split's order.
+    ignore_index: int = -100,
+) -> dict[str, np.ndarray]:
+    """Every test item's outcome, in the test split's order.
 
-    Paired comparisons of two models on one test set (``cocs.stats``) need the per-image
-    outcomes, not only the accuracies. Returns two int16 arrays of length ``len(bundle.test)``.
+    Paired comparisons of two models on one test set (``cocs.stats``) need the per-item
+    outcomes, not only the accuracies. For classification: ``label`` and ``pred``, int16
+    arrays of length ``len(bundle.test)``; for segmentation (``ignore_index`` >= 0): each
+    image's confusion matrix of (target, prediction) pixel counts, ``confusion`` (N, C, C).
     """
     model.eval()
-    labels, preds = [], []
+    labels, preds, confusions = [], [], []
+    C = len(bundle.classes)
     sampler = D.EpochBatchSampler(len(bundle.test), batch, shuffle=False, drop_last=False)
     with torch.no_grad():
         for x, y in D.make_loader(bundle.test, sampler, 0):
             x = D.normalize(x.to(device), bundle.mean, bundle.std)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                preds.append(model(x).float().argmax(1).cpu())
-            labels.append(y)
-    return torch.cat(labels).numpy().astype(np.int16), torch.cat(preds).numpy().astype(np.int16)
+                pred = model(x).float().argmax(1).cpu()
+            if ignore_index < 0:
+                preds.append(pred)
+                labels.append(y)
+                continue
+            for p_i, y_i in zip(pred, y, strict=True):  # (H, W) each
+                valid = y_i != ignore_index
+                pairs = y_i[valid] * C + p_i[valid]
+                confusions.append(torch.bincount(pairs, minlength=C * C).view(C, C))
+    if ignore_index >= 0:
+        return {"confusion": torch.stack(confusions).numpy().astype(np.int32)}
+    return {
+        "label": torch.cat(labels).numpy().astype(np.int16),
+        "pred": torch.cat(preds).numpy().astype(np.int16),
+    }
 
 
 def load_trained(
@@ -834,6 +911,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
     total = cfg.warmup_epochs + 1 if budgeted else cfg.epochs
     scheduler = make_scheduler(total)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    ignore = SEGMENTATION_DATASETS.get(cfg.dataset, -100)  # a target class that counts nowhere
     mixup = None
     if cfg.mixup > 0 or cfg.cutmix > 0:
         mixup = timm.data.Mixup(
@@ -843,6 +921,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
             num_classes=len(bundle.classes),
         )
         criterion = timm.loss.SoftTargetCrossEntropy()
+    elif ignore >= 0:  # per-pixel targets with a void class
+        criterion = nn.CrossEntropyLoss(ignore_index=ignore, label_smoothing=cfg.label_smoothing)
     elif cfg.label_smoothing > 0:
         criterion = timm.loss.LabelSmoothingCrossEntropy(smoothing=cfg.label_smoothing)
     else:
@@ -896,13 +976,16 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
     eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
     pin = device.type == "cuda"
 
-    def test(which: nn.Module, flip: bool = False) -> tuple[float, float]:
-        """Test loss and accuracy of ``which`` over the whole test split (all processes)."""
+    def test(into: dict, prefix: str, which: nn.Module, flip: bool = False) -> None:
+        """Test loss and accuracy of ``which`` over the whole test split (all processes),
+        written into ``into`` as ``<prefix>loss``, ``<prefix>acc`` (and ``<prefix>miou``)."""
         sampler = D.EpochBatchSampler(
             len(bundle.test), eval_bs, shuffle=False, drop_last=False, rank=rank, world_size=world
         )
         loader = D.make_loader(bundle.test, sampler, cfg.num_workers, pin_memory=pin)
-        loss, acc, _ = evaluate(
+        C = len(bundle.classes)
+        confusion = torch.zeros(C, C, dtype=torch.float64, device=device) if ignore >= 0 else None
+        into[f"{prefix}loss"], into[f"{prefix}acc"], _ = evaluate(
             which,
             loader,
             device=device,
@@ -910,8 +993,11 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
             std=bundle.std,
             amp_dtype=amp_dtype,
             flip=flip,
+            ignore_index=ignore,
+            confusion=confusion,
         )
-        return loss, acc
+        if confusion is not None:
+            into[f"{prefix}miou"] = mean_iou(confusion)[0]
 
     epochs_run = 0
     epoch = start_epoch
@@ -925,7 +1011,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
         )
         loader = D.make_loader(bundle.train, sampler, cfg.num_workers, pin_memory=pin)
         net.train()
-        totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+        # loss sum over items, correct, counted targets (items, or non-void pixels), items
+        totals = torch.zeros(4, dtype=torch.float64, device=device)
         t0 = time.perf_counter()
         bar = tqdm(
             loader,
@@ -962,9 +1049,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
                 scheduler.step_update(num_updates)
             if ema is not None:
                 ema.update(model, step=num_updates)
-            totals[0] += loss.detach().double() * len(y)
-            totals[1] += (logits.detach().argmax(1) == y).sum()
-            totals[2] += len(y)
+            correct, counted = _scores(logits.detach(), y, ignore)
+            totals += torch.stack([loss.detach().double() * len(y), correct, counted,
+                                   torch.tensor(len(y), device=device)]).double()  # fmt: skip
             if cfg.progress and is_main and step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
             if step == 0:  # the first step of a process compiles (torch_compile)
@@ -974,7 +1061,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
         train_seconds = time.perf_counter() - t0
         if world > 1:
             dist.all_reduce(totals)
-        train_loss, train_correct, seen = totals.tolist()
+        train_loss, train_correct, counted, seen = totals.tolist()
         if not math.isfinite(train_loss):
             raise FloatingPointError(
                 f"training loss became {train_loss} in epoch {epoch + 1}; lower lr (now {cfg.lr}) or use amp='off'."
@@ -983,13 +1070,13 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
             "epoch": epoch + 1,
             "lr": optimizer.param_groups[0]["lr"],
             "train_loss": train_loss / seen,
-            "train_acc": 100.0 * train_correct / seen,  # against the unmixed labels
+            "train_acc": 100.0 * train_correct / counted,  # against the unmixed labels
         }
         row["test_loss"] = row["test_acc"] = math.nan  # not tested after this epoch
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 >= total:
-            row["test_loss"], row["test_acc"] = test(model)
+            test(row, "test_", model)
             if ema is not None:
-                row["ema_test_loss"], row["ema_test_acc"] = test(ema.module)
+                test(row, "ema_test_", ema.module)
         row["train_seconds"] = train_seconds
         row["epoch_seconds"] = time.perf_counter() - t0
         row["images_per_s"] = seen / train_seconds
@@ -1058,20 +1145,22 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
             on_epoch_end(dict(row))
 
     if rows and math.isnan(rows[-1]["test_acc"]):  # a plan that ended on an untested epoch
-        rows[-1]["test_loss"], rows[-1]["test_acc"] = test(model)
+        test(rows[-1], "test_", model)
         if ema is not None:
-            rows[-1]["ema_test_loss"], rows[-1]["ema_test_acc"] = test(ema.module)
+            test(rows[-1], "ema_test_", ema.module)
     final_flip = None
     if cfg.eval_flip and rows:  # the finished (or stopped) model, also when a run is reloaded
-        loss, acc = test(model, flip=True)
-        final_flip = {"epoch": len(rows), "test_loss": loss, "test_acc": acc}
+        final_flip = {"epoch": len(rows)}
+        test(final_flip, "test_", model, flip=True)
     complete = len(rows) >= total
     if cfg.save_predictions and complete and is_main:
-        labels, preds = predict(model, bundle, device=device, amp_dtype=amp_dtype, batch=eval_bs)
+        outcomes = predict(
+            model, bundle, device=device, amp_dtype=amp_dtype, batch=eval_bs, ignore_index=ignore
+        )
 
         def write(tmp: str) -> None:
             with open(tmp, "wb") as f:
-                np.savez_compressed(f, label=labels, pred=preds)
+                np.savez_compressed(f, **outcomes)
 
         _write_atomic(out_dir / "predictions.npz", write)
     config = asdict(cfg)

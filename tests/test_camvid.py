@@ -71,3 +71,35 @@ def test_the_shared_archive_has_segnets_split(monkeypatch):
     test = load_camvid("test", size=(45, 60), download=False)
     assert len(test) == 233 and test.masks.max() == VOID
     assert len(load_camvid("train", size=(45, 60), max_images=5, download=False)) == 5
+
+
+def test_the_engine_trains_semantic_fpn_and_scores_mean_iou(tmp_path):
+    """The one training engine with per-pixel targets: cross-entropy without the void class,
+    pixel accuracy and mean IoU, and each test image's confusion matrix for paired tests."""
+    import json
+
+    from cocs import train as T
+
+    folder = write_segnet_layout(tmp_path / "CamVid", n=4, size=(36, 48))
+    result = T.train(dict(
+        model="semantic_fpn", model_kwargs="backbone='coc_micro',fpn_dim=32,head_dim=32",
+        dataset="camvid", img_size=32, data_path=str(folder), download=False, epochs=1,
+        batch_size=2, warmup_epochs=0, drop_path=0.0, num_threads=1, progress=False,
+        eval_flip=True, out_dir=str(tmp_path / "results" / "seg"), save_predictions=True,
+    ))  # fmt: skip
+    final = result["final"]
+    assert 0 <= final["test_miou"] <= 100 and 0 <= final["test_acc"] <= 100
+    assert "test_miou" in result["final_flip"]
+    with np.load(tmp_path / "results" / "seg" / "predictions.npz") as f:
+        confusion = f["confusion"]
+    assert confusion.shape == (4, 11, 11)
+        int((load_camvid("test", size=(32, 32 * 1), data_path=str(folder)).masks[i] < 11).sum())
+        for i in range(0)
+    )  # noqa: E501
+    from cocs.train import mean_iou
+
+    assert mean_iou(torch.from_numpy(confusion.sum(0)))[0] == pytest.approx(final["test_miou"])
+    assert 100 * np.trace(confusion.sum(0)) / confusion.sum() == pytest.approx(final["test_acc"])
+    meta = json.loads((tmp_path / "results" / "seg" / "metrics.json").read_text())
+    assert meta["classes"][0] == "sky"
+    assert T.segmentation_size(352) == (352, 480) and T.segmentation_size(360) == (352, 480)
