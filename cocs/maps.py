@@ -148,7 +148,8 @@ def _palette(n: int, seed: int = 0) -> np.ndarray:
 def blend(
     photo: Tensor, assignment: Tensor, *, centres: int = 0, alpha: float = 0.55
 ) -> np.ndarray:
-    """A photo tinted by its clustering: (3, S, S) uint8 and (H, W) centre indices -> (S, S, 3).
+    """A photo tinted by its clustering: (3, Hp, Wp) uint8 and (H, W) centre indices ->
+    (Hp, Wp, 3), each side of the photo a multiple of the map's.
 
     Every point's square of pixels takes the colour of the centre it joined; the photo shows
     through with weight ``1 - alpha``. Points that joined the same centre share a colour.
@@ -160,14 +161,14 @@ def blend(
     """
     if assignment.dim() != 2:
         raise ValueError(f"assignment has shape {tuple(assignment.shape)}; expected (H, W)")
-    S = photo.shape[-1]
+    Hp, Wp = photo.shape[-2:]
     H, W = assignment.shape
-    if S % H or S % W:
-        raise ValueError(f"photo side {S} is not a multiple of the map's {H}x{W}")
+    if Hp % H or Wp % W:
+        raise ValueError(f"photo side {Hp}x{Wp} is not a multiple of the map's {H}x{W}")
     ids = assignment.cpu().numpy()
 
-    def up(a: np.ndarray) -> np.ndarray:  # (H, W, ...) -> (S, S, ...), nearest
-        return a.repeat(S // H, axis=0).repeat(S // W, axis=1)
+    def up(a: np.ndarray) -> np.ndarray:  # (H, W, ...) -> (Hp, Wp, ...), nearest
+        return a.repeat(Hp // H, axis=0).repeat(Wp // W, axis=1)
 
     colour_ids = ids % centres if centres else ids
     colours = up(_palette(int(colour_ids.max()) + 1)[colour_ids])  # (S, S, 3)

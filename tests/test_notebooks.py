@@ -340,6 +340,31 @@ def _(out: Path):
         png_image(out / f"{name}.png")
 
 
+@checks("09_dense_prediction")
+def _(out: Path):
+    import json
+
+    import numpy as np
+
+    from cocs.camvid import CLASSES
+    from cocs.train import mean_iou
+
+    runs = csv_table(out / "runs.csv", ["run", "backbone", "miou", "pixel_acc", "epochs"])
+    assert {"coc_4", "resnet"} <= set(runs["run"]) and runs["run"].str.match(r"coc_\d+$").sum() >= 2
+    for _, r in runs.iterrows():
+        with np.load(out / r["run"] / "predictions.npz") as f:
+            confusion = f["confusion"]
+        meta = json.loads((out / r["run"] / "metrics.json").read_text())
+        assert confusion.shape == (meta["test_images"], 11, 11)
+        assert mean_iou(__import__("torch").from_numpy(confusion.sum(0)))[0] == pytest.approx(
+            r["miou"]
+        )
+    per_class = csv_table(out / "per_class.csv", ["class", *runs["run"]])
+    assert per_class["class"].tolist() == list(CLASSES)
+    for name in ("predictions", "clusters"):
+        png_image(out / f"{name}.png")
+
+
 @checks("10_results")
 def _(out: Path):
     from cocs.report import render
