@@ -3,6 +3,8 @@
 ``resnet_cifar``: a timm ResNet of BasicBlocks with the usual CIFAR stem (one 3x3 stride-1
 convolution, no max-pool), so the four stages see 32, 16, 8 and 4 pixels per side.
 ``vit_cifar``: a timm VisionTransformer on 4x4 patches of a 32x32 image (8x8 = 64 tokens).
+``resnet18_half``: ResNet-18 at half width with the ImageNet stem (stride 4), the peer of
+``coc_imagenette`` on photographs and of its backbone in dense prediction.
 Each register function holds only the variant's hyper-parameters; the builders below do the rest.
 """
 
@@ -11,7 +13,7 @@ from timm.models.resnet import BasicBlock, ResNet
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-__all__ = ["resnet_cifar", "vit_cifar"]
+__all__ = ["resnet18_half", "resnet_cifar", "vit_cifar"]
 
 
 def _resnet(*, layers: tuple[int, ...], channels: tuple[int, ...], **kwargs) -> ResNet:
@@ -80,3 +82,15 @@ def vit_cifar(pretrained: bool = False, **kwargs) -> VisionTransformer:
         | kwargs
     )
     return _shipped("vit_cifar", model, pretrained)
+
+
+@register_model
+def resnet18_half(pretrained: bool = False, **kwargs) -> ResNet:
+    """ResNet-18 layout at half width (32-256 channels) with a deep stem of stride 4 and a
+    max-pool, as for ImageNet; about 2.8M params, like ``coc_imagenette``'s 3.0M."""
+    from timm.models.resnet import _create_resnet
+
+    args = dict(block=BasicBlock, layers=(2, 2, 2, 2), channels=(32, 64, 128, 256),
+                stem_width=32, stem_type="deep", num_classes=10)  # fmt: skip
+    model = _create_resnet("resnet18_half", pretrained=False, **(args | kwargs))
+    return _shipped("resnet18_half", model, pretrained)

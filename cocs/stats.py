@@ -56,6 +56,7 @@ def paired_difference(
     power: float = 0.8,
     boot: int = 4000,
     seed: int = 0,
+    allow_one_seed: bool = False,
 ) -> PairedDifference:
     """Accuracy of ``a`` minus accuracy of ``b`` in points, with a ``level`` interval.
 
@@ -66,6 +67,8 @@ def paired_difference(
         power: the power at which ``detectable`` is computed.
         boot: bootstrap resamples of the test images.
         seed: seed of the bootstrap's generator (the result is reproducible).
+        allow_one_seed: accept a single seed; the interval then covers the test set's
+            variation only, not the seed's (say so wherever it is shown).
     """
     a = np.asarray(correct_a, dtype=np.float64)
     b = np.asarray(correct_b, dtype=np.float64)
@@ -75,13 +78,13 @@ def paired_difference(
             "pass one row per seed, the same seeds in the same order for both models"
         )
     S, N = a.shape
-    if S < 2:
+    if S < 2 and not allow_one_seed:
         raise ValueError(
             f"{S} seed(s): the seed spread needs at least 2 paired seeds; train another seed"
         )
     per_seed = 100.0 * (a.mean(1) - b.mean(1))  # (S,)
     mean = float(per_seed.mean())
-    se_seed = float(per_seed.std(ddof=1) / np.sqrt(S))
+    se_seed = float(per_seed.std(ddof=1) / np.sqrt(S)) if S > 1 else 0.0
     per_image = 100.0 * (a - b).mean(0)  # (N,): the seed-averaged difference on each image
     rng = np.random.default_rng(seed)
     means = np.empty(boot)

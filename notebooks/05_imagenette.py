@@ -37,6 +37,7 @@
 
 # %% tags=["parameters"]
 model = "coc_imagenette"
+peer = "resnet18_half"  # a ResNet of similar size, same recipe and budget; empty: none
 epochs = 40
 batch_size = 64
 lr = 2.0e-3  # peak AdamW learning rate, cosine to min_lr after a linear warm-up
@@ -61,14 +62,17 @@ import statistics
 import time
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import torch
+from IPython.display import display
 from matplotlib.ticker import MaxNLocator
 from torch.utils.flop_counter import FlopCounterMode
 
 import cocs
 from cocs.bench import hardware_name
 from cocs.handbook import repo_root, results_path, save_figure, write_csv
+from cocs.stats import paired_difference
 from cocs.train import TrainConfig, portable_path, resolve_ckpt_dir, train
 from cocs.weights import WEIGHTS_DIR, export
 
@@ -104,7 +108,9 @@ print(f"{model}: {params / 1e6:.2f}M parameters, {macs / 1e6:.1f}M MACs at {img_
 # `last.pt`.
 
 # %%
-cfg = TrainConfig.from_namespace(globals(), dataset="imagenette", out_dir=str(out), progress=False)
+cfg = TrainConfig.from_namespace(
+    globals(), dataset="imagenette", out_dir=str(out), progress=False, save_predictions=True
+)
 t0 = time.perf_counter()
 run = train(cfg)
 call_seconds = time.perf_counter() - t0
@@ -230,6 +236,48 @@ print(
     f"{TARGET:.0f}% target was {'MET' if final >= TARGET else 'NOT met'}."
 )
 summary.drop(columns=["hardware"]).round(2)
+
+# %% [markdown]
+# ## A ResNet peer at the same budget
+#
+# An accuracy alone cannot say whether the Context Cluster learns photographs well. `peer`, a
+# ResNet-18 at half width with the usual ImageNet stem (`cocs.peers.resnet18_half`, about as
+# many parameters), trains with the same recipe, epochs, seed and data order; the two are then
+# compared image by image on the validation set (a paired bootstrap, `cocs.stats`; with one
+# seed, the interval covers the validation set's variation only, not the seed's). Its
+# weights ship with the package too, for chapter 9's ResNet backbone.
+
+# %%
+if peer:
+    peer_cfg = TrainConfig.from_namespace(
+        globals(), model=peer, dataset="imagenette", out_dir=str(out / "peer" / peer),
+        keep_epoch_ckpts=False, save_predictions=True, progress=False, ckpt_dir="",
+    )  # fmt: skip
+    peer_run = train(peer_cfg)
+    assert peer_run["complete"], f"{peer} did not finish"
+    peer_metrics = pd.DataFrame(peer_run["metrics"])
+    export(peer_run["model"], peer, metrics={"test_acc": peer_run["final"]["test_acc"],
+           "dataset": "imagenette", "img_size": img_size, "epochs": peer_run["epochs_done"]},
+           source=portable_path(out / "peer" / peer), folder=weights_dir)  # fmt: skip
+    summary = pd.concat([summary, pd.DataFrame([{
+        "model": peer, "img_size": img_size, "val_top1_final": peer_metrics["test_acc"].iloc[-1],
+        "val_top1_best": peer_metrics["test_acc"].max(),
+        "best_epoch": int(peer_metrics.loc[peer_metrics["test_acc"].idxmax(), "epoch"]),
+        "params": peer_run["params"], "macs_m": float("nan"), "epochs": len(peer_metrics),
+        "wall_minutes": peer_metrics["epoch_seconds"].sum() / 60,
+        "train_img_s": peer_metrics["images_per_s"].median(), "infer_img_s": float("nan"),
+        "train_images": peer_run["train_images"], "val_images": peer_run["test_images"],
+        "threads": threads, "hardware": hardware,
+    }])], ignore_index=True)  # fmt: skip
+    write_csv(summary, out / "summary.csv")
+    outcomes = {}
+    for name, folder in ((model, out), (peer, out / "peer" / peer)):
+        with np.load(folder / "predictions.npz") as f:
+            outcomes[name] = (f["label"] == f["pred"])[None]  # (1 seed, images)
+    d = paired_difference(outcomes[model], outcomes[peer], allow_one_seed=True)
+    print(f"{model} minus {peer}: {d.mean:+.2f} points [{d.low:+.2f}, {d.high:+.2f}] "
+          "(validation set's variation only, one seed)")  # fmt: skip
+    display(summary[["model", "val_top1_final", "params", "epochs", "wall_minutes"]].round(2))
 
 # %% [markdown]
 # Imagenette's classes are easy to tell apart (a church, a parachute, a golf ball...), so its

@@ -39,7 +39,7 @@
 
 # %% tags=["parameters"]
 backbone = "coc_imagenette"  # the Context Cluster backbone (32-256 channels, regions 4/2/1/1)
-peer = "resnet18"  # the ResNet peer (timm name)
+peer = "resnet18_half"  # the ResNet peer (cocs.peers; about the backbone's size)
 peer_kwargs = "{}"  # its arguments, a Python dict literal
 centres = "2,5,7"  # centres per side of a region: 4, 25 and 49 centres per region
 pretrained = True  # also train from the shipped Imagenette weights where they exist

@@ -225,7 +225,10 @@ def _(out: Path):
 
 @checks("05_imagenette")
 def _(out: Path):
-    shipped_weights(out, {"coc_imagenette"})
+    shipped_weights(out, {"coc_imagenette", "resnet18_half"})
+    models = csv_table(out / "summary.csv", ["model", "val_top1_final"])["model"].tolist()
+    assert models == ["coc_imagenette", "resnet18_half"], "the peer trains at the same budget"
+    assert (out / "peer" / "resnet18_half" / "predictions.npz").is_file()
     summary = csv_table(
         out / "summary.csv",
         [
@@ -240,7 +243,7 @@ def _(out: Path):
             "infer_img_s",
         ],
     )
-    assert len(summary) == 1
+    assert len(summary) == 2  # the model and its peer
     s = summary.iloc[0]
     assert 0 <= s["val_top1_final"] <= s["val_top1_best"] <= 100
     assert s["params"] > 0 and s["macs_m"] > 0 and s["train_img_s"] > 0 and s["infer_img_s"] > 0

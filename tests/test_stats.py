@@ -70,3 +70,12 @@ def test_class_accuracies_count_each_class_alone():
     acc = class_accuracies(np.array([0, 0, 1, 1, 1, 3]), np.array([0, 1, 1, 1, 0, 3]), 4)
     np.testing.assert_allclose(acc[[0, 1, 3]], [50.0, 200 / 3, 100.0])
     assert np.isnan(acc[2])
+
+
+def test_one_seed_gives_the_test_set_interval_only_when_asked():
+    rng = np.random.default_rng(3)
+    a, b = _pair(5000, 0.07, 0.05, rng)
+    d = paired_difference(a[None], b[None], allow_one_seed=True)
+    assert d.se_seed == 0 and d.seeds == 1 and d.low < d.mean < d.high
+    with pytest.raises(ValueError, match="at least 2 paired seeds"):
+        paired_difference(a[None], b[None])
