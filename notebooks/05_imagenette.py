@@ -146,7 +146,8 @@ print(f"{model}: {entry['file']}, fingerprint {entry['fingerprint']}")
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
 axes[0].plot(metrics["epoch"], metrics["train_loss"], marker="o", label="training")
 axes[0].plot(metrics["epoch"], metrics["test_loss"], marker="o", label="validation")
-axes[0].set(xlabel="epoch", ylabel="loss (label-smoothed)", title="Loss")
+axes[0].set(xlabel="epoch", ylabel="loss (training: label-smoothed; validation: plain)",
+            title="Loss")  # fmt: skip
 axes[1].plot(metrics["epoch"], metrics["train_acc"], marker="o", label="training")
 axes[1].plot(metrics["epoch"], metrics["test_acc"], marker="o", label="validation")
 axes[1].axhline(TARGET, color="grey", linestyle="--", linewidth=1, label=f"target {TARGET:.0f}%")

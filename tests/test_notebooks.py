@@ -178,6 +178,12 @@ def shipped_weights(out: Path, names: set[str]) -> None:
 @checks("04_cifar10")
 def _(out: Path):
     shipped_weights(out, {"coc_cifar", "resnet_cifar", "vit_cifar"})
+    answer = (out / "answer.md").read_text()
+    pattern = (
+        r"coc_cifar is (ahead of|behind|level with \(no difference detected\)) resnet_cifar: [+-]"
+    )
+    assert re.search(pattern, answer)
+    assert "vit_cifar" in answer and answer.count("a gap of") == 3
     comparison = csv_table(
         out / "comparison.csv",
         [
