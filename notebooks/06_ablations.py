@@ -133,7 +133,7 @@ pd.DataFrame(
 )  # fmt: skip
 
 # %% [markdown]
-# ## Why 12 epochs
+# ## Why this many epochs
 #
 # A verdict needs a model that has learned something: the full model must pass 74% test
 # accuracy. A pilot run of the full model with a 9-epoch schedule (kept in `pilot_9_epochs/`)

@@ -20,7 +20,7 @@
 # that mixes an image's points should work on any set of points. Does it, on real 3-D shapes?
 #
 # **The paper's claim.** Adding a context-cluster block to PointMLP (PointMLP-CoC) lifts
-# ScanObjectNN's hardest split from 85.4% to 86.2% overall accuracy (the numbers below, as
+# the overall accuracy on ScanObjectNN's hardest split (the numbers below, as
 # the paper reports them, come from `cocs/paper_numbers.yaml`).
 #
 # **Here.** ModelNet40 (official split: 9,843 training and 2,468 test shapes, 1,024 surface
