@@ -20,7 +20,7 @@ SMOKE_RESULTS := build/smoke-results
 # JupyterLab settings that apply only to the JupyterLab of this environment.
 LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.d/cocs.json
 
-.PHONY: help install test lint bench reproduce smoke lab clean distclean
+.PHONY: help install test lint bench reproduce smoke book lab clean distclean
 .DEFAULT_GOAL := help
 
 help:
@@ -28,6 +28,7 @@ help:
 	@echo "make reproduce  run every notebook with its default parameters, writing results/"
 	@echo "make test       unit tests, then every notebook with its smoke parameters"
 	@echo "make smoke      run every notebook with its smoke parameters into $(SMOKE_RESULTS)/"
+	@echo "make book       the web site of the executed notebooks, in build/book/ (executes nothing)"
 	@echo "make lab        JupyterLab on this folder; notebooks/*.py open as notebooks"
 	@echo "make bench      speed and memory of a training step (writes results/bench/)"
 	@echo "make lint       ruff on cocs, tests and notebooks"
@@ -36,7 +37,7 @@ help:
 # The stamp is newer than pyproject.toml once the environment matches it.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -e '.[dev,book]'
 	touch $@
 
 install: $(STAMP)
@@ -73,14 +74,21 @@ reproduce: install
 
 smoke: $(foreach n,$(NOTEBOOKS),$(BUILD)/smoke/$(n).ipynb)
 
+# The site shows, per chapter, its default run when there is one, else its smoke run; it
+# executes nothing, except the smoke runs when no executed notebook exists at all.
+book: install
+	@test -n "$$(ls $(BUILD)/default/[0-9]*.ipynb $(BUILD)/smoke/[0-9]*.ipynb 2>/dev/null)" || $(MAKE) smoke
+	$(PY) -m cocs.book
+
 # Double-clicking a .py file opens it as a notebook (jupytext's "Jupytext Notebook" viewer);
 # right-click, Open With > Editor, edits it as text.
 $(LAB_SETTINGS): | $(STAMP)
 	mkdir -p $(dir $@)
 	printf '%s\n' '{"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}}}' > $@
 
+# LAB_ARGS passes options to JupyterLab, e.g. LAB_ARGS="--no-browser --port=8899".
 lab: install $(LAB_SETTINGS)
-	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root)
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

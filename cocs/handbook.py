@@ -15,6 +15,9 @@ Command line:
     python -m cocs.handbook run NN_slug [--profile default|smoke] [--results-dir DIR] [--output PATH]
     python -m cocs.reproduce [--plan]     # every stale chapter's default run, with its plan
 
+The worked solutions of the chapters' exercises, `notebooks/solutions/NN_slug.py`, run the same
+way with `run_solution` (`python -m cocs.workshop` runs and times them all).
+
 Notebooks import the writing helpers from here: `results_path`, `write_csv`, `save_figure`,
 `atomic_write_text` and `atomic_write_bytes`. A reader of a results folder never sees a
 half-written file: each is written to a temporary file beside it, then renamed over it.
@@ -305,6 +308,26 @@ def build_path(name: str, profile: str = DEFAULT_PROFILE) -> Path:
     return repo_root() / "build" / "notebooks" / profile / f"{name}.ipynb"
 
 
+def provenance(profile: str) -> dict[str, Any]:
+    """What an executed notebook records about its run: the profile, when, the commit and the
+    machine. The book states it on every page (`cocs.book`)."""
+    import datetime
+
+    from .train import environment_info
+
+    env = environment_info()
+    hardware = env["hardware"]
+    return {
+        "profile": profile,
+        "executed": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "git_commit": env["git_commit"],
+        "git_dirty": env["git_dirty"],
+        "cpu": hardware["cpu"],
+        "cpu_count": hardware["cpu_count"],
+        "gpus": hardware["gpus"],
+    }
+
+
 def run_notebook(
     name: str,
     *,
@@ -328,21 +351,94 @@ def run_notebook(
     notebook is kept as `<output stem>.failed.ipynb` and papermill's error propagates; it
     shows the failing cell's source and traceback.
     """
-    import nbformat
-    import papermill
-
     parameters = load_profile(name, profile)
     nb = read_notebook(name)
     if results_dir is not None:
         parameters["results_dir"] = str(results_dir)
         check_overrides(nb, {"results_dir": str(results_dir)}, where=f"{name} (results_dir)")
+    output = Path(output) if output is not None else build_path(name, profile)
+    return _execute(
+        nb,
+        parameters,
+        output,
+        source=notebook_source(name),
+        profile=profile,
+        progress_bar=progress_bar,
+        log_output=log_output,
+    )
+
+
+def solutions_dir() -> Path:
+    """The worked solutions of the chapters' exercises: `notebooks/solutions/NN_slug.py`."""
+    return Path(NOTEBOOKS_DIR) / "solutions"
+
+
+def solution_sources() -> list[Path]:
+    """The solution notebooks `notebooks/solutions/NN_slug.py`, in chapter order."""
+    return sorted(p for p in solutions_dir().glob("*.py") if NOTEBOOK_NAME.match(p.stem))
+
+
+def run_solution(
+    path: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    parameters: Mapping[str, Any] | None = None,
+    progress_bar: bool = False,
+    log_output: bool = False,
+) -> Path:
+    """Execute a worked-solutions notebook; returns the executed notebook.
+
+    A solution runs as a chapter does (papermill, a kernel of the running Python, the
+    repository root as working directory), with the defaults of its own `parameters` cell.
+
+    Args:
+        path: a jupytext percent script, such as `notebooks/solutions/01_image_as_points.py`.
+        output: the executed `.ipynb`; a failed run leaves `<output stem>.failed.ipynb`.
+        parameters: values that override the parameters cell (names and types checked).
+        progress_bar, log_output: as in `run_notebook`.
+    """
+    import jupytext
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(
+            f"no solution notebook at {_shown(path)}: expected a jupytext percent script such "
+            f"as {_shown(solutions_dir())}/01_image_as_points.py; check the path"
+        )
+    nb = jupytext.read(path)
+    parameters = dict(parameters or {})
+    check_overrides(nb, parameters, where=_shown(path))  # also checks the parameters cell
+    return _execute(
+        nb,
+        parameters,
+        Path(output),
+        source=path,
+        profile=DEFAULT_PROFILE,
+        progress_bar=progress_bar,
+        log_output=log_output,
+    )
+
+
+def _execute(
+    nb,
+    parameters: dict[str, Any],
+    output: Path,
+    *,
+    source: Path,
+    profile: str,
+    progress_bar: bool,
+    log_output: bool,
+) -> Path:
+    """Run the converted notebook `nb` with papermill and write it to `output` (see
+    `run_notebook`); `source` is the script it came from, `profile` what the run records."""
+    import nbformat
+    import papermill
+
     nb.metadata["kernelspec"] = {
         "name": KERNEL_NAME,
         "display_name": "Python 3",
         "language": "python",
     }
-
-    output = Path(output) if output is not None else build_path(name, profile)
     output.parent.mkdir(parents=True, exist_ok=True)
     running = output.with_name(f"{output.stem}.running.ipynb")
     failed = output.with_name(f"{output.stem}.failed.ipynb")
@@ -366,9 +462,8 @@ def run_notebook(
         if running.exists():
             os.replace(running, failed)
         raise
-    executed.metadata.papermill.update(
-        input_path=_shown(notebook_source(name)), output_path=_shown(output)
-    )
+    executed.metadata.papermill.update(input_path=_shown(source), output_path=_shown(output))
+    executed.metadata["cocs"] = provenance(profile)
     atomic_write_text(output, nbformat.writes(executed))
     running.unlink()
     return output

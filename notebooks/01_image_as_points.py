@@ -348,18 +348,33 @@ print(
 )
 
 # %% [markdown]
-# ## Try it
+# ## Exercises
 #
-# 1. **Forget the positions.** Set the last two columns of `points` to zero and redo the 2-D
-#    scatter and the shuffle experiment. What is left of the image once the set is shuffled?
-#    (`cocs.create_model(model_name, use_positions=False)` builds the paper's ablation without
-#    positions, which the authors report failed to train. Chapter 6 trains it on CIFAR-10,
-#    with and without the zero padding of the point reducers, and reports what it finds.)
-# 2. **Anchors and neighbours.** Build a `torch.nn.Conv2d(5, 8, kernel_size=2, stride=2)` and
-#    check `reduce_points` against it; then try `kernel_size=3, stride=2, padding=1` on the
-#    photo's points. Which anchors' windows reach past the border, and what fills them?
-# 3. **Other sizes.** Rerun with `model_size = 160` and `model_size = 96`, then `100`. Why
-#    does `coc_tiny` refuse the last one, and why must its input be a multiple of 32? Switch
-#    to `model_name = "coc_tiny_plain"` (no regions): it takes `100`. How are the grids
-#    rounded, and why does the stem round down while the padded reducers round up? (A
-#    convolution maps $n$ points per side to $\lfloor (n + 2p - k) / s \rfloor + 1$.)
+# Each exercise runs in seconds on a laptop CPU. The worked solutions, with checks of the
+# expected outcomes, are in `notebooks/solutions/01_image_as_points.py`: try first, then compare.
+#
+# 1. **Forget the positions.** With `img_size = 64`, set the two position columns of `points`
+#    to zero, shuffle the points and put them back by their positions, as in the shuffle
+#    experiment above. Then build `cocs.create_model("coc_tiny", use_positions=False)` beside
+#    `cocs.create_model("coc_tiny")` (on PyTorch's `meta` device: shapes, no data) and compare
+#    their parameters. *Expected:* every point lands on the same pixel, so no picture is left,
+#    yet the set still holds every colour as often as the photo does (its colour histogram);
+#    the model without positions has fewer parameters by exactly the stem's weights for two
+#    input channels, $2 D_1 k^2$. (The paper reports that this ablation failed to train;
+#    chapter 6 trains it on CIFAR-10.)
+# 2. **Anchors and neighbours.** Write the point reducer as gather, concatenate and project with
+#    `torch.nn.functional.unfold` (which gathers every $k \times k$ window), and check it
+#    against `torch.nn.Conv2d(5, 8, kernel_size=2, stride=2)` on the photo's points; then
+#    against `kernel_size=3, stride=2, padding=1`, and find the anchors whose windows reach past
+#    the border. *Expected:* both agree with the convolutions to 1e-5; the windows that reach
+#    past the border are those of the first row and the first column of anchors, and of the last
+#    row (or column) where that side of the photo has an odd number of points; the convolution
+#    fills what lies outside with zeros.
+# 3. **Other sizes.** Read the four stage grids of `coc_tiny` at `model_size` 160, 96 and 100,
+#    and of `coc_tiny_plain` at 100, from `forward_intermediates` on the `meta` device.
+#    *Expected:* `coc_tiny` takes 160 and 96, with grids of a quarter, an eighth, a sixteenth
+#    and a thirty-second of the side, and refuses 100 with an error that names the regions:
+#    each stage's grid must split evenly into its regions (8, 4, 2 and 1 per side), so the side
+#    must be a multiple of 32. `coc_tiny_plain` has no regions and takes 100; its grids follow
+#    $\lfloor (n + 2p - k) / s \rfloor + 1$ per side, so the stem divides exactly and the padded
+#    reducers round an odd side up.

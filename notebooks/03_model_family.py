@@ -397,17 +397,25 @@ for name in [n for n in both.index if n in img_s]:
           f"x{there:4.2f} reported (paper, GPU), x{cost:4.2f} by MACs")
 
 # %% [markdown]
-# ## Try it
+# ## Exercises
 #
-# 1. **Baselines on your machine.** The paper sets CoC-Ti beside DeiT-Tiny and ResNet-18. Build
-#    `cocs.create_model("deit_tiny_patch16_224")` and `cocs.create_model("resnet18")` (timm
-#    models, no weights needed), count their MACs with `count_macs` and time them with
-#    `seconds_per_batch`, round-robin with `coc_tiny`. Do the paper's GFLOPs for them also come
-#    out in units of 2^30? At equal MACs, is clustering as fast as attention here?
-# 2. **What regions buy.** Build `cocs.create_model("coc_tiny", fold_w=1, fold_h=1)` (one
-#    region per stage, the same centres) and `cocs.create_model("coc_tiny", proposal_w=(16, 8,
-#    4, 2), proposal_h=(16, 8, 4, 2), fold_w=1, fold_h=1)` (one region, as many centres as
-#    `coc_tiny` has in all). Compare their `bmm` MACs and their speed with `coc_tiny`'s.
-# 3. **Batch size.** Re-run the timing with `batch = 1` and `batch = 32` for `coc_tiny`.
-#    Where does images per second stop growing on your machine? What does that suggest about
-#    the paper's nearly equal GPU numbers for the tiny and small models?
+# Each exercise runs in seconds on a laptop CPU. The worked solutions, with checks of the
+# expected outcomes, are in `notebooks/solutions/03_model_family.py`: try first, then compare.
+#
+# 1. **The baselines' units.** Count the MACs of timm's `resnet18` and `deit_tiny_patch16_224`
+#    at 224 x 224 on the `meta` device with `FlopCounterMode`, as `count_macs` does, and round
+#    them to one decimal in units of $10^9$ and of $2^{30}$. *Expected:* in units of $10^9$ both
+#    give the paper's GFLOPs (`cocs.paper.table("imagenet")`), in units of $2^{30}$ they do not:
+#    the paper counts its own models in binary units and its baselines in decimal ones.
+# 2. **What regions buy.** Count the similarity MACs (the counter's `bmm`) of `coc_tiny`, of
+#    `coc_tiny` with `fold_w=1, fold_h=1` (one region per stage, the same centres per region)
+#    and of `coc_tiny` with one region and `proposal_w = proposal_h = (16, 8, 4, 2)` (as many
+#    centres as `coc_tiny` has in all). *Expected:* one region with the same centres costs
+#    exactly what `coc_tiny` costs, since each point still meets 4 centres; one region with all
+#    the centres multiplies each stage's similarity MACs by its number of regions, as blocks x
+#    heads x N x centres per region x D predicts.
+# 3. **Batch size.** Time inference of `coc_cifar` on random 32 x 32 images in batches of 1, 8
+#    and 64, in CPU seconds (`time.process_time`, which other programs on the machine do not
+#    inflate), the fastest of 5 passes each. *Expected:* images per CPU second grow with the
+#    batch, though far from in proportion: a single image leaves the CPU busy with the overhead
+#    of each operation, which a batch shares.

@@ -146,8 +146,8 @@ sizes[["params_m", "macs_m"]].round(2)
 # Each model is trained by the same engine with the same flat configuration: AdamW with a
 # cosine schedule and warm-up, pad-and-crop with flips, label smoothing, the same batch size.
 # The crop is milder than the usual 4 px (`crop_pad = 1`), a choice for the few dozen epochs
-# of a CPU budget that this chapter does not test itself: item 4 of "Try it" compares the
-# margins (the `full` profile keeps 4 px for its 200 epochs).
+# of a CPU budget that this chapter does not test itself: the last of the longer exercises at
+# the end compares the margins (the `full` profile keeps 4 px for its 200 epochs).
 # Only the model name, the output folder and, under a time budget, the number of epochs
 # differ. The engine writes a metrics row per epoch and a checkpoint, so an interrupted run
 # resumes, and a finished one is reloaded without training.
@@ -446,19 +446,43 @@ atomic_write_text(out / "answer.md", "# Does coc_cifar compete?\n\n" + "\n".join
 # quickly, which is where convolutions' built-in locality helps most; transformers are known
 # to need long schedules and strong augmentation on small data sets. The reported numbers
 # above show where each family ends up when that budget is given.
+
+# %% [markdown]
+# ## Exercises
 #
-# ## Try it
+# The exercises take seconds to a minute on a laptop CPU; none needs the chapter's trained
+# models. The worked solutions, with checks of the expected outcomes, are in
+# `notebooks/solutions/04_cifar10.py`: try first, then compare.
 #
-# 1. Run the `full` profile on a GPU
-#    (`python -m cocs.handbook run 04_cifar10 --profile full`) and compare the final accuracy
-#    of `coc_cifar` with the reported 200-epoch number.
-# 2. Give all three models `randaugment = "rand-m9-mstd0.5-inc1"` and `mixup = 0.8`: which
-#    gains, which loses, at this short budget?
-# 3. How much do the centres matter? Train `coc_cifar` with one centre per region instead of
-#    four, from the command line:
-#    `python -m cocs.train --model coc_cifar --model_kwargs "proposal_w=1,proposal_h=1"
-#    --out_dir results/try/one_centre`, adding `--epochs` and the other settings of the
-#    parameters cell, and compare with the table above.
-# 4. The random crop is a regulariser. Set `crop_pad = 0` (flips only) or `crop_pad = -1`
-#    (4 px) and follow `coc_cifar`'s training and test accuracy epoch by epoch in its
-#    `metrics.csv`: which setting learns faster at first, and when does each start to overfit?
+# 1. **Three models of one size.** Count the parameters and the MACs of one 32 x 32 image of
+#    `coc_cifar`, `resnet_cifar` and `vit_cifar`, as the chapter does. *Expected:* the
+#    parameters lie within a factor of 1.6 of each other, the chapter's own check, while
+#    `coc_cifar` needs several times fewer MACs than either peer.
+# 2. **A training run in seconds.** Train `coc_cifar` with `cocs.train.train` on 20 images per
+#    class for 4 epochs (batch 20, no warm-up, `amp = "off"`, the setting for a CPU without
+#    bfloat16), testing on 10 images per class, into a temporary folder. *Expected:* the run
+#    completes with one metrics row per epoch, and the training loss of the last epoch is below
+#    that of the first; the test accuracy of 40 steps on 200 images says nothing yet, which is
+#    why the chapter gives every model a budget of many minutes.
+# 3. **The crop margin, by hand.** Augment 16 CIFAR-10 training images with
+#    `cocs.data.train_transform("cifar10", 32, pad=p)` for `p` = 0, 1 and 4 (one seed per
+#    image), and find for every output the shift and mirroring that reproduce it from its
+#    original. *Expected:* every output is its original moved by at most `p` pixels along each
+#    axis, perhaps mirrored, with zeros where pixels came in from beyond the border; with
+#    `p = 0` only the mirroring is left.
+#
+# **Further (long), not part of the workshop** (hours on a CPU, no worked solutions):
+#
+# - Run the `full` profile on a GPU
+#   (`python -m cocs.handbook run 04_cifar10 --profile full`) and compare the final accuracy
+#   of `coc_cifar` with the reported 200-epoch number.
+# - Give all three models `randaugment = "rand-m9-mstd0.5-inc1"` and `mixup = 0.8`: which
+#   gains, which loses, at this short budget?
+# - How much do the centres matter? Train `coc_cifar` with one centre per region instead of
+#   four, from the command line:
+#   `python -m cocs.train --model coc_cifar --model_kwargs "proposal_w=1,proposal_h=1"
+#   --out_dir results/try/one_centre`, adding `--epochs` and the other settings of the
+#   parameters cell, and compare with the table above.
+# - The random crop is a regulariser. Set `crop_pad = 0` (flips only) or `crop_pad = -1`
+#   (4 px) and follow `coc_cifar`'s training and test accuracy epoch by epoch in its
+#   `metrics.csv`: which setting learns faster at first, and when does each start to overfit?

@@ -285,11 +285,39 @@ if peer:
 # accuracies are not comparable with ImageNet's: the point of this chapter is a real model,
 # trained honestly on real photographs on a CPU, whose per-epoch checkpoints let us watch the
 # clusters form.
+
+# %% [markdown]
+# ## Exercises
 #
-# ## Try it
+# The exercises take seconds to a minute on a laptop CPU. The worked solutions, with checks of
+# the expected outcomes, are in `notebooks/solutions/05_imagenette.py`: try first, then compare.
 #
-# 1. Train at `img_size = 96` with fewer epochs for the same time budget: does seeing more
-#    detail beat seeing the data more often?
-# 2. Add `randaugment = "rand-m9-mstd0.5-inc1"`: does it help or hurt at this short schedule?
-# 3. Load the checkpoint of the first and of the last epoch (`cocs.train.load_trained` with a
-#    path from `checkpoints.csv`) and compare their predictions on a few validation images.
+# 1. **Detail or epochs.** Count the MACs of `coc_imagenette` on one image of 64, 96 and 128 px.
+#    Then let `cocs.train.plan_epochs` fit epochs into the wall time of the chapter's run (the
+#    sum of `epoch_seconds` in `results/05_imagenette/metrics.csv`), an epoch at 64 px costing
+#    the median of that run's epochs and an epoch at 96 px that times the ratio of the MACs.
+#    *Expected:* the MACs grow with the square of the side, to within a fraction of a per cent
+#    (the classifier alone does not grow), so at 96 px the budget holds a little under half as
+#    many epochs as at 64 px.
+# 2. **The checkpoint of every epoch.** Train `coc_imagenette` for 2 epochs on 4 photographs per
+#    class at 64 px (batch 8, no warm-up, `keep_epoch_ckpts = True`, `save_predictions = True`)
+#    into a temporary folder, load the checkpoints of both epochs with
+#    `cocs.train.load_trained`, and predict the 50 validation photographs (5 per class) with
+#    `cocs.train.predict`. *Expected:* the two checkpoints hold different weights, and the last
+#    one reproduces, photograph by photograph, the predictions the engine saved, and so the
+#    accuracy it recorded for that epoch.
+# 3. **The floor of the training loss.** With label smoothing $\varepsilon = 0.1$ over $K = 10$
+#    classes, the target puts $1 - \varepsilon + \varepsilon / K$ on the true class and
+#    $\varepsilon / K$ on each other one. Compute the loss of
+#    `torch.nn.functional.cross_entropy(..., label_smoothing=0.1)` for logits equal to the
+#    logarithm of that target, compare it with the target's entropy, and try a thousand random
+#    logits. *Expected:* the loss equals the entropy to 1e-6 and no random logits do better: the
+#    training loss of chapters 4 and 5 levels off above zero by construction.
+#
+# **Further (long), not part of the workshop** (hours on a CPU, no worked solutions):
+#
+# - Train at `img_size = 96` with fewer epochs for the same time budget: does seeing more
+#   detail beat seeing the data more often?
+# - Add `randaugment = "rand-m9-mstd0.5-inc1"`: does it help or hurt at this short schedule?
+# - Load the checkpoints of the first and of the last epoch of the chapter's run (paths in
+#   `checkpoints.csv`) and compare their predictions on a few validation images.

@@ -248,11 +248,37 @@ if len(listing) >= 2:
 # A 32x32 CIFAR model sees a photograph as a thumbnail; its maps are coarse by construction.
 # And a map shows which points share a centre, not why: the similarity is computed on learned
 # features, which mix colour, position and, in deeper layers, context.
+
+# %% [markdown]
+# ## Exercises
 #
-# ## Try it
+# Each exercise runs in seconds on a laptop CPU, on an untrained model: none needs the
+# checkpoints of chapters 4 and 5. The worked solutions, with checks of the expected outcomes,
+# are in `notebooks/solutions/07_cluster_maps.py`: try first, then compare.
 #
-# 1. Your own photographs: `photos = "path/to/photo.jpg,path/to/folder"`.
-# 2. With a released checkpoint of the authors (for example `coc_tiny`), set
-#    `official_checkpoint` to its path: do the maps of an ImageNet-trained model follow objects
-#    more closely than those of the small models trained here?
-# 3. Chapter 5 with `keep_epoch_ckpts` at a larger `img_size`: do finer maps form earlier?
+# 1. **Regions never share a centre.** Read the maps of an untrained `coc_imagenette` (seed 0)
+#    on the first four sample photographs at 64 px with `cocs.maps.stage_assignments`, and
+#    check for every point, stage and head that the centre it joined belongs to its own region
+#    (`cocs.maps.centres_per_region` gives the centres of a region; centres are numbered region
+#    by region). *Expected:* the maps have 16, 8, 4 and 2 points per side, and every point's
+#    centre lies in the point's own region.
+# 2. **The same weights, more centres.** Build `coc_imagenette` with
+#    `proposal_w = proposal_h = 4`, 16 centres per region instead of 4, and load into it the
+#    state dict of the model of exercise 1. Count, for every region of stage 1, the distinct centres
+#    its points joined, in both models. *Expected:* the weights load as they are (centres are
+#    pooled from the points, not learned), and the maps with 16 centres per region are finer:
+#    a stage-1 region at 64 px holds 16 points, so each of its 16 centres is one point, which
+#    that point joins.
+# 3. **Grid or content?** For the untrained model of exercise 1, count the stage-1 points that
+#    joined the centre proposed from the very cell they lie in, which is the assignment a fixed
+#    grid would make. *Expected:* many more than the 1 in 4 that chance would give: untrained
+#    features are mostly local colour, neighbouring points look alike, and a centre pooled from
+#    a cell resembles the cell's points. The chapter's trained models depart from this grid.
+#
+# **Further (long), not part of the workshop** (they need trained models):
+#
+# - Your own photographs: `photos = "path/to/photo.jpg,path/to/folder"`.
+# - With a released checkpoint of the authors (for example `coc_tiny`), set
+#   `official_checkpoint` to its path: do the maps of an ImageNet-trained model follow objects
+#   more closely than those of the small models trained here?
+# - Chapter 5 with `keep_epoch_ckpts` at a larger `img_size`: do finer maps form earlier?

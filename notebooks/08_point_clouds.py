@@ -263,9 +263,31 @@ plt.show()
 print(f"this chapter ran {(time.perf_counter() - started) / 60:.1f} minutes")
 
 # %% [markdown]
-# ## Try it
+# ## Exercises
 #
-# 1. Give the context cluster more centres per neighbourhood: `coc_points` with
-#    `model_kwargs="centres=(8, 8, 8, 8)"` through `python -m cocs.train`.
-# 2. Fewer anchors for PointMLP (`anchors = 512`): how much accuracy does half the sampling
-#    cost, and how much time does it save?
+# Each exercise runs in seconds on a laptop CPU. The worked solutions, with checks of the
+# expected outcomes, are in `notebooks/solutions/08_point_clouds.py`: try first, then compare.
+#
+# 1. **Farthest points or chance.** On the first test shape of every class (40 shapes), take 32
+#    anchors with `cocs.pointsets.farthest_point_sample` and 32 at random (seed 0). For each
+#    shape, measure the largest distance from a point to its nearest anchor, and the share of
+#    the points that lie among some anchor's 24 nearest neighbours (`cocs.pointsets.knn`).
+#    *Expected:* on average over the shapes, farthest point sampling leaves a smaller largest
+#    distance and covers more of each shape than random anchors.
+# 2. **Fewer anchors.** Build `pointmlp_elite` with `points=1024`, the release's setting, and
+#    with `points=512` (the chapter's `anchors`), and count their parameters and the MACs of two
+#    shapes of 1,024 points. *Expected:* the parameters are the same, since anchors are not
+#    weights, and the MACs fall to about half: almost all the work is done on the anchors,
+#    whose number halves in every stage.
+# 3. **The set operation by its formulas.** Check `cocs.context_cluster_sets` against the
+#    paper's formulas written out group by group: 6 groups of 24 random points, 2 heads of 8
+#    channels, 4 centres per group chosen by farthest point sampling, in float64. *Expected:*
+#    the assignment, the similarities and the output agree with the hand-written version (to
+#    1e-10).
+#
+# **Further (long), not part of the workshop** (hours on a CPU, no worked solutions):
+#
+# - Give the context cluster more centres per neighbourhood: `coc_points` with
+#   `model_kwargs="centres=(8, 8, 8, 8)"` through `python -m cocs.train`.
+# - Train PointMLP with fewer anchors (`anchors = 512`): how much accuracy does half the
+#   sampling cost, and how much time does it save?

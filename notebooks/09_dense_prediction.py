@@ -208,3 +208,30 @@ print(f"this chapter ran {(time.perf_counter() - started) / 60:.1f} minutes")
 # measured here**. With COCO in torchvision's layout, a reader would build
 # `build_detector(timm.create_model("coc_small", features_only=True), num_classes=91)` and
 # train it with torchvision's detection reference scripts (a 1x schedule: 12 epochs).
+
+# %% [markdown]
+# ## Exercises
+#
+# Each exercise runs in seconds on a laptop CPU and needs no data set. The worked solutions,
+# with checks of the expected outcomes, are in `notebooks/solutions/09_dense_prediction.py`:
+# try first, then compare.
+#
+# 1. **One head, any backbone.** Build `semantic_fpn` on `coc_imagenette` and on
+#    `resnet18_half` (from scratch) and run both on two random scenes of
+#    `cocs.train.segmentation_size(128)` rows and columns. *Expected:* both give logits of shape
+#    (2, 11, H, W), a score for every class at every pixel of the input, and the head's lateral
+#    layers take the widths of the levels that each backbone's `feature_info` declares (four for
+#    the Context Cluster, five for the ResNet, whose stem is a level too).
+# 2. **Mean IoU by hand.** Draw a 64 x 64 label map of random classes 0-9 with some pixels
+#    void (11), and a random prediction of classes 0-9, so that class 10 occurs in neither.
+#    Count the confusion matrix of the non-void pixels by hand, compute each class's
+#    intersection over union, TP / (TP + FP + FN), and their mean, and compare with
+#    `cocs.train.mean_iou`.
+#    *Expected:* they agree to 1e-9, and the class that occurs in neither map is left out of the
+#    mean, neither 0 nor 100.
+# 3. **Centres per region, and their cost.** Count the MACs of `semantic_fpn` on
+#    `coc_imagenette` with 4, 25 and 49 centres per region (`backbone_kwargs` with
+#    `proposal_w = proposal_h` of 2, 5 and 7) on one 352 x 480 scene, on the `meta` device,
+#    split into the similarities (`bmm`) and the rest. *Expected:* the similarity MACs grow in
+#    exact proportion to the centres, 4 : 25 : 49, while the rest does not change at all, so the
+#    whole model grows by far less than the centres.

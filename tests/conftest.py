@@ -1,4 +1,5 @@
-"""Shared fixtures: the authors' reference outputs in ../shared/reference."""
+"""Shared fixtures: the authors' reference outputs in ../shared/reference, and the smoke runs'
+results and executed notebooks, which the notebook tests write and the book tests read."""
 
 from __future__ import annotations
 
@@ -38,3 +39,22 @@ def official_layout() -> dict:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def smoke_results(tmp_path_factory) -> Path:
+    """One results folder for every smoke run, so a chapter can read what an earlier wrote."""
+    return tmp_path_factory.mktemp("results")
+
+
+@pytest.fixture(scope="session")
+def smoke_notebooks(tmp_path_factory) -> Path:
+    """Where the smoke runs' executed notebooks go: `<folder>/NN_slug.ipynb`, laid out as
+    `build/notebooks/smoke/` is, so that `cocs.book` can build a site from them."""
+    return tmp_path_factory.mktemp("notebooks") / "smoke"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests of the built site run last: they use the smoke runs' notebooks, which the
+    notebook tests have executed by then (a site test run alone executes them itself)."""
+    items.sort(key=lambda item: "smoke_site" in getattr(item, "fixturenames", ()))

@@ -52,7 +52,8 @@ def _conda_parts(environment):
 
 def test_pins_agree(pyproject, environment):
     project = pyproject["project"]
-    wanted = _pins(project["dependencies"] + project["optional-dependencies"]["dev"])
+    extras = project["optional-dependencies"]
+    wanted = _pins(project["dependencies"] + [pin for pins in extras.values() for pin in pins])
     _, pip = _conda_parts(environment)
     listed = _pins([line for line in pip if not line.startswith("-e")])
     missing = {k: v for k, v in wanted.items() if listed.get(k) != v}

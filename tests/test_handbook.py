@@ -1,6 +1,8 @@
 """The notebook runner and the results-writing helpers of cocs.handbook."""
 
+import json
 import os
+import re
 import sys
 
 import matplotlib
@@ -247,6 +249,9 @@ def test_run_injects_the_profile_and_uses_this_python(notebooks, tmp_path):
     params, prefix = (tmp_path / "res" / "01_demo" / "run.txt").read_text().splitlines()
     assert params == "2 0.5 small False"  # steps and label from the profile, the rest default
     assert prefix == sys.prefix  # the kernel runs the environment that runs the handbook
+    recorded = json.loads(output.read_text())["metadata"]["cocs"]  # what the book page states
+    assert recorded["profile"] == "smoke" and recorded["cpu_count"] == os.cpu_count()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", recorded["executed"])
 
 
 def test_a_failing_cell_exits_non_zero_and_shows_the_cell(notebooks, tmp_path, capsys):

@@ -452,18 +452,13 @@ NEEDS = {"07_cluster_maps": ("04_cifar10", "05_imagenette")}
 ALSO_WRITES = {"10_results": {"README.md"}}
 
 
-@pytest.fixture(scope="session")
-def smoke_results(tmp_path_factory):
-    return tmp_path_factory.mktemp("results")
-
-
 def _files(folder: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
 
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_smoke_run(name, smoke_results, tmp_path):
+def test_notebook_smoke_run(name, smoke_results, smoke_notebooks, tmp_path):
     check = CHECKS.get(name)
     if check is None:
         pytest.fail(f"{name} has no check: add a @checks({name!r}) function in {__file__}")
@@ -477,7 +472,7 @@ def test_notebook_smoke_run(name, smoke_results, tmp_path):
     before = {p.name for p in smoke_results.iterdir()}
 
     handbook.run_notebook(
-        name, profile="smoke", results_dir=smoke_results, output=tmp_path / f"{name}.ipynb"
+        name, profile="smoke", results_dir=smoke_results, output=smoke_notebooks / f"{name}.ipynb"
     )
 
     new = {p.name for p in smoke_results.iterdir()} - before
