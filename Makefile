@@ -74,10 +74,11 @@ reproduce: install
 
 smoke: $(foreach n,$(NOTEBOOKS),$(BUILD)/smoke/$(n).ipynb)
 
-# The site shows, per chapter, its default run when there is one, else its smoke run; it
-# executes nothing, except the smoke runs when no executed notebook exists at all.
+# The site shows, per chapter, its default run when there is one, else its smoke run. When
+# every chapter has one it executes nothing; else it first brings the smoke runs up to date.
+UNRUN := $(foreach n,$(NOTEBOOKS),$(if $(wildcard $(BUILD)/default/$(n).ipynb $(BUILD)/smoke/$(n).ipynb),,$(n)))
 book: install
-	@test -n "$$(ls $(BUILD)/default/[0-9]*.ipynb $(BUILD)/smoke/[0-9]*.ipynb 2>/dev/null)" || $(MAKE) smoke
+	$(if $(UNRUN),$(MAKE) smoke)
 	$(PY) -m cocs.book
 
 # Double-clicking a .py file opens it as a notebook (jupytext's "Jupytext Notebook" viewer);
