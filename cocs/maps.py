@@ -183,17 +183,59 @@ def blend(
     return out
 
 
-def centres_per_region(model: nn.Module, block: int = -1) -> list[int]:
-    """Centres per region of the layer :func:`stage_assignments` reads in each stage."""
+def stage_layouts(model: nn.Module, block: int = -1) -> list[tuple[int, int, int, int]]:
+    """(fold_w, fold_h, proposal_w, proposal_h) of the layer :func:`stage_assignments` reads
+    in each stage."""
     from .cluster import Cluster
 
-    stages: dict[int, list[tuple[int, int]]] = {}
+    stages: dict[int, list[tuple[int, tuple[int, int, int, int]]]] = {}
     for name, module in model.named_modules():
         m = _LAYER.match(name + ".")
         if isinstance(module, Cluster) and m is not None:
-            n = module.proposal_w * module.proposal_h
-            stages.setdefault(int(m.group(1)), []).append((int(m.group(2)), n))
+            layout = (module.fold_w, module.fold_h, module.proposal_w, module.proposal_h)
+            stages.setdefault(int(m.group(1)), []).append((int(m.group(2)), layout))
     return [sorted(stages[i])[block][1] for i in sorted(stages)]
+
+
+def centres_per_region(model: nn.Module, block: int = -1) -> list[int]:
+    """Centres per region of the layer :func:`stage_assignments` reads in each stage."""
+    return [pw * ph for _, _, pw, ph in stage_layouts(model, block)]
+
+
+def grid_assignment(
+    H: int, W: int, fold_w: int, fold_h: int, proposal_w: int, proposal_h: int
+) -> Tensor:
+    """(H, W) labels of the partition a layer would make from positions alone: each point
+    joins the proposal cell of its region that contains it (the centres are pooled over
+    those cells). Regions split the first axis `fold_w` times and the second `fold_h` times,
+    as in :func:`cocs.cluster.context_cluster`; only the partition matters, not the labels."""
+    rh, rw = H // fold_w, W // fold_h  # points per region along each axis
+    rows, cols = torch.arange(H), torch.arange(W)
+    region = (rows // rh)[:, None] * fold_h + (cols // rw)[None, :]
+    cell = ((rows % rh) * proposal_w // rh)[:, None] * proposal_h + (
+        (cols % rw) * proposal_h // rw
+    )[None, :]
+    return region * (proposal_w * proposal_h) + cell
+
+
+def adjusted_rand_index(a, b) -> float:
+    """Agreement of two partitions of the same points (labels of any kind, any shape), corrected
+    for chance: 1 for the same partition, about 0 for unrelated ones. NaN when it is undefined:
+    both partitions put every point in one cluster, or every point in its own."""
+    _, a = np.unique(np.asarray(a).ravel(), return_inverse=True)
+    _, b = np.unique(np.asarray(b).ravel(), return_inverse=True)
+    if len(a) != len(b):
+        raise ValueError(f"the partitions cover {len(a)} and {len(b)} points; they must agree")
+    table = np.zeros((a.max() + 1, b.max() + 1))
+    np.add.at(table, (a, b), 1)
+
+    def pairs(x):
+        return (x * (x - 1) / 2).sum()
+
+    index, rows, cols = pairs(table), pairs(table.sum(1)), pairs(table.sum(0))
+    expected = rows * cols / pairs(np.array([len(a)]))
+    top = (rows + cols) / 2
+    return float("nan") if top == expected else float((index - expected) / (top - expected))
 
 
 def save_gif(frames: Sequence[np.ndarray], path: str | os.PathLike, ms_per_frame: int = 600):

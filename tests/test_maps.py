@@ -108,3 +108,52 @@ def test_maps_of_a_released_checkpoint(reference, tmp_path):
     model = cocs.load_official_checkpoint(path, "coc_tiny").eval()
     stages = maps.stage_assignments(model, reference["coc_tiny"]["input"][:1])
     assert [a.shape[-1] for a in stages] == [56, 28, 14, 7]
+
+
+def _ari_by_pairs(a, b) -> float:
+    """The adjusted Rand index from its definition: agreements over all pairs of points."""
+    import itertools
+
+    n = len(a)
+    same_a = [a[i] == a[j] for i, j in itertools.combinations(range(n), 2)]
+    same_b = [b[i] == b[j] for i, j in itertools.combinations(range(n), 2)]
+    both = sum(x and y for x, y in zip(same_a, same_b, strict=True))
+    pairs = n * (n - 1) / 2
+    expected = sum(same_a) * sum(same_b) / pairs
+    top = (sum(same_a) + sum(same_b)) / 2
+    return (both - expected) / (top - expected)
+
+
+def test_adjusted_rand_index_matches_its_definition():
+    from cocs.maps import adjusted_rand_index
+
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        a, b = rng.integers(0, 4, 30), rng.integers(0, 3, 30)
+        assert adjusted_rand_index(a, b) == pytest.approx(_ari_by_pairs(a, b))
+    a = rng.integers(0, 5, 40)
+    assert adjusted_rand_index(a, (a + 3) * 7) == pytest.approx(1.0)  # labels do not matter
+    assert np.isnan(adjusted_rand_index(np.zeros(9), np.zeros(9)))  # one cluster: undefined
+    with pytest.raises(ValueError, match="9 and 8 points"):
+        adjusted_rand_index(np.zeros(9), np.zeros(8))
+
+
+def test_grid_assignment_is_the_partition_into_proposal_cells():
+    from cocs.maps import grid_assignment
+
+    H, W, fw, fh, pw, ph = 8, 12, 2, 2, 2, 3
+    labels = grid_assignment(H, W, fw, fh, pw, ph)
+    for r in range(H):  # slowly: region, then the cell of the region
+        for c in range(W):
+            region = (r // (H // fw), c // (W // fh))
+            cell = ((r % (H // fw)) // ((H // fw) // pw), (c % (W // fh)) // ((W // fh) // ph))
+            for r2 in range(H):
+                for c2 in range(W):
+                    region2 = (r2 // (H // fw), c2 // (W // fh))
+                    cell2 = (
+                        (r2 % (H // fw)) // ((H // fw) // pw),
+                        (c2 % (W // fh)) // ((W // fh) // ph),
+                    )
+                    same = (region, cell) == (region2, cell2)
+                    assert same == bool(labels[r, c] == labels[r2, c2])
+    assert len(torch.unique(labels)) == fw * fh * pw * ph

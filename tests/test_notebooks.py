@@ -325,6 +325,19 @@ def _(out: Path):
     png_image(out / "evolution.png")
     with Image.open(out / "evolution.gif") as gif:
         assert gif.format == "GIF" and gif.n_frames >= 2, "the evolution needs two frames or more"
+    agreement = csv_table(
+        out / "agreement.csv", ["model", "stage", "head", "trivial", "ari_grid", "ari_untrained"]
+    )
+    assert {"coc_cifar", "coc_imagenette"} <= set(agreement["model"])
+    scored = agreement[~agreement["trivial"]]
+    assert len(scored) and scored[["ari_grid", "ari_untrained"]].stack().between(-1, 1).all()
+    assert agreement.loc[agreement["trivial"], "ari_grid"].isna().all()
+    cifar_last = agreement[(agreement["model"] == "coc_cifar") & (agreement["stage"] == 4)]
+    assert cifar_last["trivial"].all(), "coc_cifar's last stage has one centre and one region"
+    moved = csv_table(
+        out / "regrouping.csv", ["from_epoch", "to_epoch", "stage", "head", "changed"]
+    )
+    assert moved["changed"].between(0, 1).all() and (moved["to_epoch"] > moved["from_epoch"]).all()
 
 
 @checks("08_point_clouds")
