@@ -165,6 +165,25 @@ save_figure(fig, out / "curves.png")
 plt.show()
 
 # %% [markdown]
+# Two things in these curves need a word, and both are measured below rather than read off
+# the figure. Validation accuracy can sit above training accuracy: the training number is an
+# average over the epoch, taken on augmented crops in training mode while the weights still
+# change, whereas validation sees centre crops after the epoch, in evaluation mode. And
+# whether the curves have flattened decides whether more epochs would pay: the gain of the
+# last five epochs says it.
+
+# %%
+tested = metrics.dropna(subset=["test_acc"])
+above = (tested["test_acc"] > tested["train_acc"]).mean()
+tail = tested.tail(6)  # five steps between the last six tested epochs
+gain = tail["test_acc"].iloc[-1] - tail["test_acc"].iloc[0]
+gain_train = tail["train_acc"].iloc[-1] - tail["train_acc"].iloc[0]
+print(f"validation above training in {100 * above:.0f}% of the tested epochs")
+print(f"over epochs {tail['epoch'].iloc[0]}-{tail['epoch'].iloc[-1]}: validation "
+      f"{gain:+.2f} points, training {gain_train:+.2f} points; final learning rate "
+      f"{metrics['lr'].iloc[-1]:.1e}")  # fmt: skip
+
+# %% [markdown]
 # ## The checkpoint of every epoch
 #
 # The checkpoints stay out of git; the list of them, relative to the repository when they are
