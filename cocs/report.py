@@ -326,23 +326,27 @@ def render(results_dir: str | os.PathLike) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def readme_block(text: str) -> str:
-    """The block of a README between :data:`BEGIN` and :data:`END`, without the markers."""
-    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
+def readme_block(text: str, begin: str = BEGIN, end: str = END) -> str:
+    """The block of a markdown text between the `begin` and `end` markers (by default the
+    README's results markers), without the markers."""
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
         raise ValueError(
-            f"the README needs exactly one {BEGIN!r} line followed by one {END!r} line; "
-            "put them where the results tables belong"
+            f"the file needs exactly one {begin!r} line followed by one {end!r} line; "
+            "put them where the generated block belongs"
         )
-    return text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n") + "\n"
+    return text.split(begin, 1)[1].split(end, 1)[0].strip("\n") + "\n"
 
 
-def update_readme(readme: str | os.PathLike, tables: str) -> bool:
-    """Replace the README's block between the markers with ``tables``; True if it changed."""
+def update_readme(
+    readme: str | os.PathLike, tables: str, begin: str = BEGIN, end: str = END
+) -> bool:
+    """Replace the markdown file's block between the markers with ``tables`` (atomically);
+    True if it changed."""
     path = Path(readme)
     text = path.read_text(encoding="utf-8")
-    if readme_block(text) == tables:
+    if readme_block(text, begin, end) == tables:
         return False
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    atomic_write_text(path, f"{head}{BEGIN}\n{tables.rstrip()}\n{END}{tail}")
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    atomic_write_text(path, f"{head}{begin}\n{tables.rstrip()}\n{end}{tail}")
     return True

@@ -31,7 +31,6 @@ from pathlib import Path
 from .handbook import (
     _format_failure,
     _shown,
-    atomic_write_text,
     read_notebook,
     repo_root,
     run_solution,
@@ -149,16 +148,9 @@ def timings_table(table) -> str:
 
 def update_markdown(path: str | os.PathLike, table) -> None:
     """Rewrite what lies between the timings markers of the markdown file at `path`."""
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
-        raise ValueError(
-            f"{_shown(path)} should hold the markers {START} and {END} once each, in that "
-            "order, around the timings table; add them where the table belongs"
-        )
-    head, rest = text.split(START)
-    _, tail = rest.split(END)
-    atomic_write_text(path, f"{head}{START}\n{timings_table(table)}{END}{tail}")
+    from .report import update_readme
+
+    update_readme(path, timings_table(table), begin=START, end=END)
 
 
 def main(argv: list[str] | None = None) -> int:

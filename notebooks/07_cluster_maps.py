@@ -225,8 +225,7 @@ for name, (net, data, size) in models.items():
     fresh = stage_assignments(timm.create_model(name.split(" ")[0]), inputs)
     for s, (assignment, layout) in enumerate(zip(trained, stage_layouts(net), strict=True)):
         B, heads, H, W = assignment.shape
-        fold_w, fold_h, proposal_w, proposal_h = layout
-        grid = grid_assignment(H, W, *layout)
+        grid = grid_assignment(H, W, *layout)  # layout: fold_w, fold_h, proposal_w, proposal_h
         clusters = len(torch.unique(grid))
         trivial = clusters in (1, H * W)
         for h in range(heads):
