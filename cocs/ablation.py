@@ -12,9 +12,11 @@ intervals (:mod:`cocs.stats`), and :func:`findings` reads the paper's claims off
 from __future__ import annotations
 
 import json
+import math
 import os
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,7 @@ __all__ = [
     "Comparison",
     "Finding",
     "compare",
+    "divergence_trace",
     "finished_run",
     "findings",
     "paper_evidence",
@@ -198,33 +201,46 @@ def run_config(key: str, seed: int, params: Mapping, out: str | os.PathLike):
 
 def finished_run(cfg) -> dict | None:
     """The ``metrics.json`` of a finished run of ``cfg`` whose model fingerprint and recipe equal
-    today's, with its predictions; None when there is none (or it is stale)."""
+    today's, with its predictions; None when there is none (or it is stale).
+
+    A run whose training loss stopped being finite is finished too: its record carries the
+    epoch under ``diverged`` and has no predictions. Training it again with the same seed and
+    recipe would repeat the same steps, so the study reports it as "failed to train".
+    """
     from .train import create_model, same_recipe
 
     folder = Path(cfg.out_dir)
     meta_path, pred_path = folder / "metrics.json", folder / "predictions.npz"
-    if not (meta_path.is_file() and pred_path.is_file()):
+    if not meta_path.is_file():
         return None
     meta = json.loads(meta_path.read_text())
-    if not meta.get("complete") or not same_recipe(meta.get("recipe", {}), cfg):
+    failed = bool(meta.get("diverged"))
+    if not (meta.get("complete") and pred_path.is_file()) and not failed:
+        return None
+    if not same_recipe(meta.get("recipe", {}), cfg):
         return None
     from .fingerprint import model_fingerprint
 
     if meta.get("fingerprint") != model_fingerprint(create_model(cfg, len(meta["classes"]))):
         return None
-    with np.load(pred_path) as f:
-        meta["label"], meta["pred"] = f["label"], f["pred"]
+    if not failed:
+        with np.load(pred_path) as f:
+            meta["label"], meta["pred"] = f["label"], f["pred"]
     return meta
 
 
 def _row(key: str, seed: int, meta: Mapping, reused: bool) -> dict:
-    final = meta["final"]
+    failed = meta.get("diverged")
+    final = {} if failed else meta["final"]
     return {
         "key": key,
         "seed": seed,
-        "test_acc": final["test_acc"],
-        "train_acc": final["train_acc"],
-        "train_loss": final["train_loss"],
+        "status": f"failed to train (loss {failed['train_loss']} in epoch {failed['epoch']})"
+        if failed
+        else "trained",
+        "test_acc": final.get("test_acc", np.nan),
+        "train_acc": final.get("train_acc", np.nan),
+        "train_loss": final.get("train_loss", np.nan),
         "minutes": meta["epoch_minutes"],
         "params": meta["params"],
         "epochs": meta["epochs_done"],
@@ -247,9 +263,12 @@ def run_study(
     A finished run whose fingerprint and recipe match is read from its files; any other run is
     trained by :func:`cocs.train.train`, which resumes an interrupted one from its checkpoint.
     With ``train_missing=False`` runs without matching results are skipped (and listed).
-    Returns the runs and, per (key, seed), the (N,) booleans of correct test predictions.
+    A run whose loss stops being finite (:class:`cocs.train.TrainingDiverged`) is recorded by
+    the engine and gets the status "failed to train" and no accuracy; the study goes on.
+    Returns the runs and, per (key, seed) of every run that trained, the (N,) booleans of
+    correct test predictions.
     """
-    from .train import train
+    from .train import TrainingDiverged, train
 
     rows, correct, skipped = [], {}, []
     for i, (key, seed) in enumerate(plan):
@@ -260,7 +279,11 @@ def run_study(
             if not train_missing:
                 skipped.append((key, seed))
                 continue
-            result = train(cfg)
+            try:
+                result = train(cfg)
+            except TrainingDiverged as e:
+                print(f"{key} seed {seed} failed to train: {e}", flush=True)
+                result = {"complete": True}  # its record is read below
             if not result["complete"]:
                 raise RuntimeError(
                     f"{key} seed {seed} stopped after {result['epochs_done']} epochs"
@@ -269,10 +292,12 @@ def run_study(
             if meta is None:
                 raise RuntimeError(f"{key} seed {seed}: its files do not match the model built")
         rows.append(_row(key, seed, meta, reused))
-        correct[key, seed] = meta["label"] == meta["pred"]
+        if "pred" in meta:
+            correct[key, seed] = meta["label"] == meta["pred"]
         r = rows[-1]
+        outcome = f"{r['test_acc']:.2f}%" if r["status"] == "trained" else r["status"]
         print(
-            f"[{i + 1}/{len(plan)}] {key:<24} seed {seed}: {r['test_acc']:.2f}% "
+            f"[{i + 1}/{len(plan)}] {key:<24} seed {seed}: {outcome} "
             f"({'reused' if reused else 'trained'}, {r['minutes']:.1f} min)",
             flush=True,
         )
@@ -347,8 +372,9 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
 
     Returns:
         One row per key, in the order of :data:`ABLATIONS` (unknown keys last), with columns
-        ``label``, ``group``, ``seeds``, ``acc_mean``, ``acc_std`` (sample standard deviation,
-        ``ddof=1``), ``minutes_mean``.
+        ``label``, ``group``, ``seeds``, ``failed`` (runs that failed to train: those with a
+        ``status`` other than "trained"), ``acc_mean``, ``acc_std`` (over the runs that trained;
+        sample standard deviation, ``ddof=1``), ``minutes_mean``.
     """
     missing = {"key", "seed", "test_acc", "minutes"} - set(runs.columns)
     if missing:
@@ -360,6 +386,9 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(
         {
             "seeds": g["seed"].count(),
+            "failed": (runs["status"] != "trained").groupby(runs["key"], sort=False).sum()
+            if "status" in runs
+            else 0,
             "acc_mean": g["test_acc"].mean(),
             "acc_std": g["test_acc"].std(ddof=1),
             "minutes_mean": g["minutes"].mean(),
@@ -379,17 +408,22 @@ def compare(
     correct: Mapping[tuple[str, int], np.ndarray],
     comparisons: Sequence[Comparison] = COMPARISONS,
     *,
+    failed: Collection[tuple[str, int]] = (),
     level: float = 0.95,
 ) -> pd.DataFrame:
     """The paired difference of every comparison over the seeds both sides have.
 
-    ``correct`` maps (key, seed) to the (N,) booleans of correct test predictions. A comparison
-    with fewer than two shared seeds gets ``seeds`` < 2 and no interval.
+    ``correct`` maps (key, seed) to the (N,) booleans of correct test predictions; ``failed``
+    holds the (key, seed) of runs that failed to train, counted in ``failed_a`` and
+    ``failed_b``. A comparison with fewer than two shared seeds gets ``seeds`` < 2 and no
+    interval.
     """
     rows = []
     for c in comparisons:
         seeds = sorted({s for k, s in correct if k == c.a} & {s for k, s in correct if k == c.b})
-        row = {"a": c.a, "b": c.b, "question": c.question, "seeds": len(seeds)}
+        row = {"a": c.a, "b": c.b, "question": c.question, "seeds": len(seeds),
+               "failed_a": sum(k == c.a for k, _ in failed),
+               "failed_b": sum(k == c.b for k, _ in failed)}  # fmt: skip
         row |= dict.fromkeys(("mean", "low", "high", "se_seed", "se_test", "df", "detectable"))
         if len(seeds) >= 2:
             a = np.stack([correct[c.a, s] for s in seeds])
@@ -420,21 +454,45 @@ def findings(differences: pd.DataFrame, paper: dict) -> pd.DataFrame:
     within +-margin); "reversed": below zero; "no difference detected at this scale": it holds
     zero, and ``detectable`` says how large a difference the study would have found;
     "differs": a difference where the paper expects none; "not run": fewer than 2 paired seeds.
+    When the worse side failed to train in at least two seeds and the better side in none, a
+    claim that ``better`` beats ``worse`` "reproduces" in the strongest form (``note`` says so);
+    any other failure to train is named in ``note`` beside the verdict of the seeds that trained.
     """
     d = differences.set_index(["a", "b"])
     rows = []
     for f in FINDINGS:
         row = {"claim": f.claim, "better": f.better, "worse": f.worse, "expect": f.expect,
-               "paper": paper_evidence(f, paper)}  # fmt: skip
+               "paper": paper_evidence(f, paper), "note": ""}  # fmt: skip
         sign, pair = (
             (1, (f.better, f.worse))
             if (f.better, f.worse) in d.index
             else (-1, (f.worse, f.better))
         )
-        if pair not in d.index or d.loc[pair, "seeds"] < 2:
+        if pair not in d.index:
             rows.append(row | {"verdict": "not run"})
             continue
         r = d.loc[pair]
+        failed = {f.better: 0, f.worse: 0} | {
+            pair[0]: int(r.get("failed_a", 0) or 0),
+            pair[1]: int(r.get("failed_b", 0) or 0),
+        }
+        if any(failed.values()):
+            row["note"] = "; ".join(
+                f"{k} failed to train in {n} seed{'s' if n > 1 else ''}"
+                for k, n in failed.items()
+                if n
+            )
+        if (
+            f.expect == "better"
+            and failed[f.worse] >= 2
+            and failed[f.better] == 0
+            and r["seeds"] < 2
+        ):
+            rows.append(row | {"verdict": "reproduces", "seeds": failed[f.worse]})
+            continue
+        if r["seeds"] < 2:
+            rows.append(row | {"verdict": "not run"})
+            continue
         low, high = sorted((sign * r["low"], sign * r["high"]))
         row |= {"difference": sign * r["mean"], "low": low, "high": high,
                 "detectable": r["detectable"], "seeds": int(r["seeds"])}  # fmt: skip
@@ -509,3 +567,45 @@ def similarity_diagnosis(model: torch.nn.Module, images: torch.Tensor) -> pd.Dat
             gain_max=("gain_max", "max"),
         )
     )
+
+
+class _EndOfTrace(Exception):
+    """Stops the training of :func:`divergence_trace`."""
+
+
+def divergence_trace(cfg, images: torch.Tensor, *, steps: int, every: int = 10) -> pd.DataFrame:
+    """Replay the first training steps of the run ``cfg`` and watch its clusters' denominators.
+
+    The run trains as in the study (its recipe, seed, data order and shared initial weights,
+    by :func:`cocs.train.train`) in a scratch folder, for at most ``steps`` steps or until its
+    loss stops being finite. After step 1, every ``every``-th step and the last, the model is
+    diagnosed on ``images`` by :func:`similarity_diagnosis` (in float32, without autocast).
+
+    Returns one row per diagnosed step and stage: ``step``, ``loss`` (of that training step) and
+    the columns of :func:`similarity_diagnosis`. Nothing of the run is kept.
+    """
+    from dataclasses import replace
+
+    from .train import train
+
+    rows: list[dict] = []
+
+    def record(model: torch.nn.Module, step: int, loss: float) -> None:
+        finite = math.isfinite(loss)
+        if step == 1 or step % every == 0 or not finite or step >= steps:
+            diagnosed = similarity_diagnosis(model, images)
+            model.train()
+            rows.extend(diagnosed.assign(step=step, loss=loss).to_dict("records"))
+        if not finite or step >= steps:
+            raise _EndOfTrace
+
+    with tempfile.TemporaryDirectory(prefix="cocs-trace-") as tmp:
+        scratch = replace(cfg, out_dir=f"{tmp}/run", ckpt_dir=f"{tmp}/ckpt", resume=False,
+                          save_predictions=False, progress=False)  # fmt: skip
+        try:
+            train(scratch, on_step_end=record)
+        except _EndOfTrace:
+            pass
+    columns = ["step", "loss", "stage"]
+    out = pd.DataFrame(rows)
+    return out[columns + [c for c in out.columns if c not in columns]]

@@ -162,6 +162,17 @@ def _interval(row: pd.Series) -> str:
     return f"{row['mean']:+.2f} [{row['low']:+.2f}, {row['high']:+.2f}]"
 
 
+def _accuracy(row: pd.Series) -> str:
+    """Mean ± sd of an ablation's runs that trained, and how many failed to train."""
+    failed = int(row.get("failed", 0) or 0)
+    if failed == row["seeds"]:
+        return f"failed to train ({failed} of {failed} seeds)"
+    sd = "" if pd.isna(row["acc_std"]) else f" ± {row['acc_std']:.2f}"
+    return f"{row['acc_mean']:.2f}{sd}" + (
+        f"; failed to train in {failed} seed{'s' * (failed > 1)}" if failed else ""
+    )
+
+
 def _ablations(results: Path) -> str | None:
     folder = results / "06_ablations"
     if not (folder / "summary.csv").is_file() or not (folder / "study.json").is_file():
@@ -176,9 +187,7 @@ def _ablations(results: Path) -> str | None:
     shown = pd.DataFrame(
         {
             "ablation": df["label"],
-            "test acc. (%), mean ± sd": [
-                f"{m:.2f} ± {sd:.2f}" for m, sd in zip(df["acc_mean"], df["acc_std"], strict=True)
-            ],
+            "test acc. (%), mean ± sd": [_accuracy(r) for _, r in df.iterrows()],
             "seeds": df["seeds"],
             "change vs full [95% interval]": [
                 "" if k not in vs_full.index else _interval(vs_full.loc[k]) for k in df["key"]
@@ -204,7 +213,10 @@ def _ablations(results: Path) -> str | None:
             {
                 "paper's claim": f["claim"],
                 "better - worse, ours": ours,
-                "verdict": f["verdict"],
+                "verdict": [
+                    v if pd.isna(n) or not n else f"{v} ({n})"
+                    for v, n in zip(f["verdict"], f.get("note", [""] * len(f)), strict=True)
+                ],
                 "paper": f["paper"],
             }  # fmt: skip
         )

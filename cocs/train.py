@@ -51,6 +51,11 @@ class ConfigError(ValueError):
     """A configuration key or value that cannot be used; raised before any training starts."""
 
 
+class TrainingDiverged(FloatingPointError):
+    """The training loss stopped being finite. ``metrics.json`` records the epoch (its key
+    ``diverged``) before this is raised; ``args[1]`` is that record."""
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a training run, flat. Defaults are the documented CIFAR-10 run."""
@@ -816,13 +821,19 @@ def plan_epochs(
 
 
 def train(
-    cfg: TrainConfig | Mapping, *, on_epoch_end: Callable[[dict], None] | None = None
+    cfg: TrainConfig | Mapping,
+    *,
+    on_epoch_end: Callable[[dict], None] | None = None,
+    on_step_end: Callable[[nn.Module, int, float], None] | None = None,
 ) -> dict:
     """Train (or resume, or reload a finished run) and return its summary.
 
     Args:
         cfg: a ``TrainConfig`` or a mapping of its fields (validated before anything runs).
         on_epoch_end: called with each epoch's metrics row, after the files are written.
+        on_step_end: called on rank 0 after every optimizer step with the model (uncompiled,
+            unwrapped, in training mode), the number of steps done and the step's loss; for
+            diagnostics (it waits for the step to finish, which a GPU would otherwise not).
 
     Returns a dict: ``config``, ``metrics`` (one dict per epoch), ``final`` (the last row),
     ``final_flip`` (with ``eval_flip``: the last model's test loss and accuracy with flip
@@ -836,13 +847,15 @@ def train(
     cfg = TrainConfig.from_dict(cfg)  # validates a TrainConfig too
     rank, world, local_rank, started_here = _init_distributed()
     try:
-        return _train(cfg, rank, world, local_rank, on_epoch_end)
+        return _train(cfg, rank, world, local_rank, on_epoch_end, on_step_end)
     finally:
         if started_here:
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_end) -> dict:
+def _train(
+    cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_end, on_step_end
+) -> dict:
     import timm.data
     import timm.loss
     import timm.optim
@@ -1001,6 +1014,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
 
     epochs_run = 0
     epoch = start_epoch
+    diverged = None  # the epoch whose training loss was not finite, if any
     while epoch < total:
         if cfg.stop_after_epochs and epochs_run >= cfg.stop_after_epochs:
             break
@@ -1049,6 +1063,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
                 scheduler.step_update(num_updates)
             if ema is not None:
                 ema.update(model, step=num_updates)
+            if on_step_end is not None and is_main:
+                on_step_end(model, num_updates, loss.item())
             correct, counted = _scores(logits.detach(), y, ignore)
             totals += torch.stack([loss.detach().double() * len(y), correct, counted,
                                    torch.tensor(len(y), device=device)]).double()  # fmt: skip
@@ -1062,10 +1078,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
         if world > 1:
             dist.all_reduce(totals)
         train_loss, train_correct, counted, seen = totals.tolist()
-        if not math.isfinite(train_loss):
-            raise FloatingPointError(
-                f"training loss became {train_loss} in epoch {epoch + 1}; lower lr (now {cfg.lr}) or use amp='off'."
-            )
+        if not math.isfinite(train_loss):  # recorded in metrics.json, then raised below
+            diverged = {"epoch": epoch + 1, "train_loss": str(train_loss)}
+            break
         row = {
             "epoch": epoch + 1,
             "lr": optimizer.param_groups[0]["lr"],
@@ -1144,15 +1159,15 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
         if on_epoch_end is not None:
             on_epoch_end(dict(row))
 
-    if rows and math.isnan(rows[-1]["test_acc"]):  # a plan that ended on an untested epoch
+    if diverged is None and rows and math.isnan(rows[-1]["test_acc"]):  # ended untested
         test(rows[-1], "test_", model)
         if ema is not None:
             test(rows[-1], "ema_test_", ema.module)
     final_flip = None
-    if cfg.eval_flip and rows:  # the finished (or stopped) model, also when a run is reloaded
+    if cfg.eval_flip and rows and diverged is None:  # the finished (or stopped) model
         final_flip = {"epoch": len(rows)}
         test(final_flip, "test_", model, flip=True)
-    complete = len(rows) >= total
+    complete = diverged is None and len(rows) >= total
     if cfg.save_predictions and complete and is_main:
         outcomes = predict(
             model, bundle, device=device, amp_dtype=amp_dtype, batch=eval_bs, ignore_index=ignore
@@ -1178,6 +1193,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
         "epoch_minutes": sum(r["epoch_seconds"] for r in rows) / 60,  # compiling included
         "epochs_planned": total,
         "complete": complete,
+        "diverged": diverged,
         "classes": bundle.classes,
         "params": n_params,
         "train_images": n_train,
@@ -1199,6 +1215,13 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_en
             len(getattr(split.data, "skipped", ())) for split in (bundle.train, bundle.test)
         )
         _write_text(out_dir / "metrics.json", json.dumps(meta, indent=2) + "\n")
+    if diverged is not None:
+        raise TrainingDiverged(
+            f"{cfg.model} ({cfg.model_kwargs or 'default'}), seed {cfg.seed}: the training loss "
+            f"became {diverged['train_loss']} in epoch {diverged['epoch']}; recorded in "
+            f"{out_dir / 'metrics.json'}. Lower lr (now {cfg.lr}) or train with amp='off'.",
+            diverged,
+        )
     result["model"] = model.eval()
     result["ema_model"] = ema.module.eval() if ema is not None else None
     return result

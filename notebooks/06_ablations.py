@@ -68,6 +68,7 @@ max_test_per_class = 0  # test images per class; 0: all 1000
 num_threads = 0  # torch CPU threads; 0: all cores
 train_missing = True  # False: tabulate only the finished runs, train nothing
 cost_repeats = 5  # timing rounds of the relative-cost measurement
+trace_steps = 400  # training steps replayed to watch the raw similarity's denominators
 results_dir = "results"
 
 # %%
@@ -86,6 +87,7 @@ from cocs.ablation import (
     ABLATIONS,
     FINDINGS,
     compare,
+    divergence_trace,
     findings,
     finished_run,
     relative_costs,
@@ -206,7 +208,9 @@ estimate.groupby("key", sort=False)["minutes"].sum().round(1)
 # Every run has the same recipe; only `model_kwargs` and the seed differ. The runs follow
 # `cocs.ablation.schedule`: seeds 0 and 1 of the paper's table rows first, then the other
 # ablations pair by pair, then the third seeds, so that an interrupted study already holds as
-# many complete comparisons as it can.
+# many complete comparisons as it can. A run whose training loss stops being finite is not
+# retried with another recipe: the engine records the epoch in its `metrics.json`, and the
+# study reports it as the paper does, "failed to train" (its seed then joins no interval).
 
 # %%
 runs, correct = run_study(plan, globals(), out, train_missing=train_missing)
@@ -248,9 +252,13 @@ summary.round(2)
 # remain possible.
 
 # %%
-differences = compare(correct)
+failed = [(k, s) for k, s, st in runs[["key", "seed", "status"]].itertuples(index=False)
+          if st != "trained"]  # fmt: skip
+for k, s in failed:
+    print(f"{known[k].label}, seed {s}: {runs.set_index(['key', 'seed']).loc[(k, s), 'status']}")
+differences = compare(correct, failed=failed)
 write_csv(differences, out / "differences.csv")
-differences[["question", "seeds", "mean", "low", "high", "detectable", "per_seed"]].round(2)
+differences[["question", "seeds", "mean", "low", "high", "detectable", "failed_b"]].round(2)
 
 # %% [markdown]
 # ## Ours beside the paper's
@@ -258,8 +266,8 @@ differences[["question", "seeds", "mean", "low", "high", "detectable", "per_seed
 # The paper's numbers are ImageNet top-1 of CoC-Small after 300 epochs; ours are CIFAR-10 test
 # accuracy of a model a fifth of its size after a few epochs. Only the differences to each
 # study's full model can be compared, and only in sign and rough size. The raw-similarity
-# variant loses far more than any other, so it gets a panel of its own, and the others keep a
-# scale on which their intervals can be read.
+# variant gets a panel of its own (it loses far more than any other, or fails to train), so
+# that the others keep a scale on which their intervals can be read.
 
 # %%
 vs_full = differences[differences["a"] == "full"].copy()
@@ -276,6 +284,11 @@ for ax, part in zip(axes, (ran[~big], ran[big]), strict=True):
     ax.plot(part.loc[has, "paper"], y[has.to_numpy()], "s", color="tab:red",
             label="paper (reported): ImageNet-1K, CoC-Small")  # fmt: skip
     ax.axvline(0, color="black", linewidth=0.8)
+    if part.empty:  # no paired seed trained: say why instead of an empty panel
+        lost = vs_full[(vs_full["b"] == "raw_similarity") & (vs_full["failed_b"] > 0)]
+        why = (f"raw cosine similarity:\nfailed to train\nin {int(lost['failed_b'].iloc[0])} "
+               "seeds" if len(lost) else "raw cosine similarity:\nnot run")  # fmt: skip
+        ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes)
     ax.set_yticks(y, part["label"])
     ax.invert_yaxis()
     ax.grid(axis="x", alpha=0.3)
@@ -313,10 +326,15 @@ for _, f in verdicts.iterrows():
     if f["verdict"] == "not run":
         lines.append(f"- {f['claim']}: not run here.")
         continue
+    if pd.isna(f.get("difference")):  # decided by runs that failed to train
+        lines.append(f"- {f['claim']} (paper, {f['paper']}): **{f['verdict']}**: {f['note']}.")
+        continue
+    note = f" ({f['note']})" if f["note"] else ""
     lines.append(
-        f"- {f['claim']} (paper, {f['paper']}): **{f['verdict']}**. Here {f['better']} minus "
-        f"{f['worse']} is {f['difference']:+.2f} points [{f['low']:+.2f}, {f['high']:+.2f}] over "
-        f"{f['seeds']} seeds; the study detects differences of {f['detectable']:.2f} points."
+        f"- {f['claim']} (paper, {f['paper']}): **{f['verdict']}**{note}. Here {f['better']} "
+        f"minus {f['worse']} is {f['difference']:+.2f} points [{f['low']:+.2f}, "
+        f"{f['high']:+.2f}] over {f['seeds']} seeds; the study detects differences of "
+        f"{f['detectable']:.2f} points."
     )
 by_verdict = verdicts.groupby("verdict")["claim"].apply(list).to_dict()
 plainly = [
@@ -353,36 +371,91 @@ print(text)
 # weight s_i in (0, 1), so the denominator is at least 1. The raw cosine similarity lies in
 # [-1, 1]: a point can join a centre it points away from, with a negative weight, and the
 # denominator of a cluster can come near zero, which scales its aggregate, and the gradient
-# through it, without bound. `cocs.ablation.similarity_diagnosis` measures this on 512 test
-# images, from the weights the operation returns (`ClusterOutput.similarity`), for the trained
-# models (from their checkpoints, where this machine has them; otherwise the committed
-# `diagnosis.csv` is shown) and, as a control, for the same models before training.
+# through it, without bound. `cocs.ablation.similarity_diagnosis` measures this on 256 test
+# images, from the weights the operation returns (`ClusterOutput.similarity`): the share of
+# negative weights, of clusters whose |denominator| is below 0.25, the smallest |denominator|
+# and the largest gain |s_i| / |1 + sum s| of one point.
+#
+# A diagnosis of the finished models cannot explain a run that never finished, so
+# `cocs.ablation.divergence_trace` replays the beginning of training instead: the run of seed 0
+# exactly as the study trains it (recipe, seed, data order, initial weights), diagnosed after
+# step 1 and every 10th step, until its loss stops being finite or `trace_steps` steps have
+# passed; the full model, replayed for as many steps, is the control. Nothing of the replays is
+# kept but `trace.csv`.
+
+# %%
+images = test_images(run_config("full", 0, globals(), out), 256)
+traces = {}
+if "raw_similarity" in keys:
+    traces["raw_similarity"] = divergence_trace(
+        run_config("raw_similarity", 0, globals(), out), images, steps=trace_steps
+    )
+    replayed = int(traces["raw_similarity"]["step"].max())
+    traces["full"] = divergence_trace(run_config("full", 0, globals(), out), images, steps=replayed)
+if "raw_similarity" in traces:
+    trace = pd.concat([t.assign(key=k) for k, t in traces.items()], ignore_index=True)
+    write_csv(trace, out / "trace.csv")
+    raw = traces["raw_similarity"]
+    last = int(raw["step"].max())
+    finite = raw[np.isfinite(raw["loss"])]
+    print(
+        "raw similarity, seed 0: the loss "
+        + (f"became {raw['loss'].iloc[-1]} at step {last}" if len(finite) < len(raw)
+           else f"stayed finite for all {last} steps replayed")
+        + f"; full model: finite for all {int(traces['full']['step'].max())} steps"
+    )  # fmt: skip
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for k, t in traces.items():
+        worst = t.groupby("step").agg(loss=("loss", "first"), den_min=("den_min", "min"),
+                                      gain_max=("gain_max", "max"))  # fmt: skip
+        label = known[k].label
+        axes[0].plot(worst.index, worst["loss"], label=label)
+        axes[1].semilogy(worst.index, worst["den_min"], label=label)
+        axes[2].semilogy(worst.index, worst["gain_max"], label=label)
+    for ax, what in zip(axes, ("training loss", "smallest |1 + sum s| of a cluster",
+                               "largest gain |s_i| / |1 + sum s|"), strict=True):  # fmt: skip
+        ax.set_xlabel("training step")
+        ax.set_title(what, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("The first steps of training, replayed: seed 0, 256 test images, all stages")
+    fig.tight_layout()
+    save_figure(fig, out / "trace.png")
+    plt.show()
+    shown = trace[trace["step"].isin([1, int(finite["step"].max())])]
+    display(shown.groupby(["key", "step", "stage"])[
+        ["loss", "negative", "den_small", "den_min", "gain_max"]].mean().round(4))  # fmt: skip
+
+# %% [markdown]
+# The trained models, where this machine has their checkpoints (otherwise the committed
+# `diagnosis.csv`), beside the same models before training:
 
 # %%
 diagnosis_csv = out / "diagnosis.csv"
-pairs = [(k, s) for k, s in runs[["key", "seed"]].itertuples(index=False)
+pairs = [(k, s) for k, s, st in runs[["key", "seed", "status"]].itertuples(index=False)
          if k in ("full", "raw_similarity")]  # fmt: skip
-checkpoints = {
-    (k, s): resolve_ckpt_dir(run_config(k, s, globals(), out)) / "last.pt" for k, s in pairs
-}
-if pairs and all(p.is_file() for p in checkpoints.values()):
-    images = test_images(run_config("full", 0, globals(), out), 512)
-    parts = []
-    for (k, s), path in checkpoints.items():
-        net, cfg = load_trained(path)
+parts = []
+for k, s in pairs:
+    cfg = run_config(k, s, globals(), out)
+    torch.manual_seed(s)
+    parts.append(similarity_diagnosis(create_model(cfg, 10), images).assign(
+        key=k, seed=s, weights="initial"))  # fmt: skip
+    path = resolve_ckpt_dir(cfg) / "last.pt"
+    trained_ok = runs.set_index(["key", "seed"]).loc[(k, s), "status"] == "trained"
+    if trained_ok and path.is_file():
+        net, _ = load_trained(path)
         parts.append(similarity_diagnosis(net, images).assign(key=k, seed=s, weights="trained"))
-        torch.manual_seed(s)
-        parts.append(similarity_diagnosis(create_model(cfg, 10), images).assign(
-            key=k, seed=s, weights="initial"))  # fmt: skip
-    diagnosis = pd.concat(parts, ignore_index=True)
-    write_csv(diagnosis, diagnosis_csv)
-elif diagnosis_csv.is_file():
-    diagnosis = pd.read_csv(diagnosis_csv)
-    print(f"checkpoints not on this machine: showing the committed {diagnosis_csv.name}")
-else:
-    diagnosis = None
-    print("no raw-similarity runs and no committed diagnosis: nothing to show")
+diagnosis = pd.concat(parts, ignore_index=True) if parts else None
+if diagnosis is not None and diagnosis_csv.is_file():  # trained rows of other machines
+    committed = pd.read_csv(diagnosis_csv)
+    have = set(map(tuple, diagnosis[["key", "seed", "weights"]].to_numpy().tolist()))
+    extra = committed[[(k, s, w) not in have for k, s, w in
+                       committed[["key", "seed", "weights"]].itertuples(index=False)]]  # fmt: skip
+    if len(extra):
+        print(f"{len(extra)} rows from the committed {diagnosis_csv.name} (checkpoints elsewhere)")
+        diagnosis = pd.concat([diagnosis, extra], ignore_index=True)
 if diagnosis is not None:
+    write_csv(diagnosis, diagnosis_csv)
     shown = diagnosis.groupby(["key", "weights", "stage"])[
         ["negative", "den_small", "den_median", "den_min", "gain_max"]
     ].mean()

@@ -1,5 +1,8 @@
 """The ablation study's variants build, and its summaries and verdicts follow their rules."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -148,3 +151,92 @@ def test_the_paper_evidence_is_read_from_the_data_file():
         f.loc["no_cluster", "paper"] == "ImageNet top-1 of CoC-Small, full 77.5 vs no_cluster 74.2"
     )
     assert f.loc["no_positions", "paper"] == "in its text: failed to train"
+
+
+def test_a_run_that_fails_to_train_is_reported_and_the_study_goes_on(tmp_path, monkeypatch):
+    from cocs import train as T
+    from cocs.ablation import finished_run, run_config, run_study
+    from cocs.fingerprint import model_fingerprint
+
+    params = {"epochs": 1, "max_per_class": 2, "max_test_per_class": 1, "torch_compile": False}
+    calls = []
+
+    def engine(cfg):  # what cocs.train.train does when the loss becomes nan in epoch 1
+        calls.append(cfg.seed)
+        meta = {"complete": False, "diverged": {"epoch": 1, "train_loss": "nan"},
+                "recipe": T.recipe(cfg), "classes": list("abcdefghij"), "final": None,
+                "fingerprint": model_fingerprint(T.create_model(cfg, 10)), "epoch_minutes": 0.5,
+                "params": 1, "epochs_done": 0, "train_images": 20, "test_images": 10,
+                "environment": {"git_commit": "x", "git_dirty": False,
+                                "hardware": {"cpu": "cpu", "torch_threads": 1}}}  # fmt: skip
+        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.out_dir) / "metrics.json").write_text(json.dumps(meta))
+        raise T.TrainingDiverged("the training loss became nan in epoch 1", meta["diverged"])
+
+    monkeypatch.setattr(T, "train", engine)
+    plan = [("raw_similarity", 0), ("raw_similarity", 1)]
+    runs, correct = run_study(plan, params, tmp_path)
+    assert calls == [0, 1] and correct == {}, "both seeds ran, neither has predictions"
+    assert list(runs["status"]) == ["failed to train (loss nan in epoch 1)"] * 2
+    assert runs["test_acc"].isna().all()
+    assert finished_run(run_config("raw_similarity", 0, params, tmp_path))["diverged"]
+    runs, _ = run_study(plan, params, tmp_path)
+    assert calls == [0, 1] and runs["reused"].all(), "a recorded failure is not trained again"
+    stale = params | {"lr": 1e-4}  # another recipe: the record does not count
+    assert finished_run(run_config("raw_similarity", 0, stale, tmp_path)) is None
+    summary = summarise(runs.assign(minutes=1.0)).set_index("key")
+    assert summary.loc["raw_similarity", "failed"] == 2
+    assert np.isnan(summary.loc["raw_similarity", "acc_mean"])
+
+
+def test_a_variant_that_fails_to_train_in_every_seed_loses_its_claim():
+    correct = _outcomes({"full": [80.0, 80.0], "one_head": [79.0, 79.0]})
+    diffs = compare(correct, failed=[("raw_similarity", 0), ("raw_similarity", 1)])
+    row = diffs.set_index("b").loc["raw_similarity"]
+    assert row["seeds"] == 0 and row["failed_b"] == 2 and row["failed_a"] == 0
+    f = findings(diffs, numbers()).set_index("worse")
+    assert f.loc["raw_similarity", "verdict"] == "reproduces"
+    assert f.loc["raw_similarity", "note"] == "raw_similarity failed to train in 2 seeds"
+    assert f.loc["one_head", "note"] == "" and f.loc["no_cluster", "verdict"] == "not run"
+    one = compare(correct, failed=[("raw_similarity", 0)])
+    f = findings(one, numbers()).set_index("worse")
+    assert f.loc["raw_similarity", "verdict"] == "not run", "one failed seed decides nothing"
+
+
+def test_a_divergence_trace_follows_the_run_until_its_loss_is_nan(tmp_path, monkeypatch):
+    from cocs import data as D
+    from cocs import train as T
+    from cocs.ablation import divergence_trace
+
+    monkeypatch.setenv("COCS_DATA", str(tmp_path / "cache"))
+    tree = D.write_synthetic_folder(tmp_path / "tree", per_class={"train": 8, "val": 4})
+    real, calls = T.create_model, {"n": 0}
+
+    def poisoned(cfg, num_classes):  # the 5th training forward returns nan
+        model = real(cfg, num_classes)
+
+        def hook(module, args, output):
+            calls["n"] += module.training
+            return output * float("nan") if calls["n"] == 5 and module.training else output
+
+        model.register_forward_hook(hook)
+        return model
+
+    monkeypatch.setattr(T, "create_model", poisoned)
+    cfg = T.TrainConfig(model="coc_micro", dataset="folder", data_path=str(tree), download=False,
+                        img_size=16, epochs=3, batch_size=8, warmup_epochs=1, num_threads=1,
+                        out_dir=str(tmp_path / "results" / "run"), progress=False)  # fmt: skip
+    images = torch.randn(4, 3, 16, 16)
+    trace = divergence_trace(cfg, images, steps=100, every=2)
+    assert sorted(set(trace["step"])) == [1, 2, 4, 5], "step 1, every 2nd, and the nan one"
+    assert np.isnan(trace.set_index("step").loc[5, "loss"]).all()
+    assert np.isfinite(trace.set_index("step").loc[4, ["loss", "den_min"]].to_numpy()).all()
+    assert set(trace["stage"]) == {1, 2, 3, 4}
+    assert list(trace.columns[:3]) == ["step", "loss", "stage"]
+    assert not (tmp_path / "results").exists(), "nothing of the replay is kept"
+    calls["n"] = -100  # never poisoned: the trace ends at its step limit
+    assert trace_steps(divergence_trace(cfg, images, steps=3, every=10)) == [1, 3]
+
+
+def trace_steps(trace):
+    return sorted(set(trace["step"]))

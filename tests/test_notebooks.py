@@ -306,6 +306,13 @@ def _(out: Path):
     assert len(findings) == len(FINDINGS) and set(findings["verdict"]) <= set(VERDICTS)
     text = (out / "findings.md").read_text()
     assert all(claim in text for claim in findings["claim"]) and "paired seeds" in text
+    assert set(runs["status"]) == {"trained"}, "no smoke run fails to train"
+    trace = csv_table(out / "trace.csv", ["key", "step", "loss", "stage", "den_min", "gain_max"])
+    assert set(trace["key"]) == {"raw_similarity", "full"}
+    assert trace.groupby("key")["step"].max().nunique() == 1, "the control replays as far"
+    png_image(out / "trace.png")
+    diagnosis = csv_table(out / "diagnosis.csv", ["key", "seed", "weights", "stage", "den_min"])
+    assert {"initial", "trained"} <= set(diagnosis["weights"])
     costs = csv_table(out / "costs.csv", ["key", "train_ratio", "infer_ratio"]).set_index("key")
     assert costs.loc["full", "train_ratio"] == 1 and (costs["train_ratio"] > 0).all()
     png_image(out / "ablations.png")

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -170,3 +171,12 @@ def test_missing_or_misplaced_markers_are_reported(tmp_path, text):
     path.write_text(text)
     with pytest.raises(ValueError, match="results:begin"):
         report.update_readme(path, "x\n")
+
+
+def test_an_ablation_that_failed_to_train_says_so_instead_of_a_number():
+    def row(**kw):
+        return pd.Series({"seeds": 2, "failed": 2, "acc_mean": np.nan, "acc_std": np.nan} | kw)
+
+    assert report._accuracy(row()) == "failed to train (2 of 2 seeds)"
+    assert report._accuracy(row(seeds=3, acc_mean=70.0)) == "70.00; failed to train in 2 seeds"
+    assert report._accuracy(row(failed=0, acc_mean=75.5, acc_std=0.25)) == "75.50 ± 0.25"

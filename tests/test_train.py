@@ -502,3 +502,30 @@ def test_a_recipe_recorded_before_a_setting_existed_still_matches():
     assert T.same_recipe(older | {"a_removed_setting": 1}, cfg), "defaults fill what is missing"
     assert not T.same_recipe(older, T.TrainConfig(epochs=12, lr=2e-3, label_smoothing=0.2))
     assert not T.same_recipe(recorded, T.TrainConfig(epochs=11, lr=2e-3))
+
+
+def test_a_diverged_run_is_recorded_before_it_is_raised(tree, tmp_path, monkeypatch):
+    real = T.create_model
+
+    def poisoned(cfg, num_classes):  # the loss of the second epoch is nan
+        model = real(cfg, num_classes)
+        calls = {"n": 0}
+
+        def forward_hook(module, args, output):
+            calls["n"] += 1
+            return output * float("nan") if calls["n"] > 3 and module.training else output
+
+        model.register_forward_hook(forward_hook)
+        return model
+
+    monkeypatch.setattr(T, "create_model", poisoned)
+    plain = dict(mixup=0.0, cutmix=0.0, randaugment="", ema=0.0, epochs=3)
+    cfg = config(tree, tmp_path, **plain, save_predictions=True)
+    with pytest.raises(T.TrainingDiverged, match="became nan in epoch 2") as raised:
+        T.train(cfg)
+    assert raised.value.args[1] == {"epoch": 2, "train_loss": "nan"}
+    meta = json.loads((tmp_path / "results" / "run" / "metrics.json").read_text())
+    assert meta["diverged"] == {"epoch": 2, "train_loss": "nan"}
+    assert not meta["complete"] and meta["epochs_done"] == 1 and meta["fingerprint"]
+    assert not (tmp_path / "results" / "run" / "predictions.npz").exists()
+    assert len(read_csv(tmp_path / "results" / "run" / "metrics.csv")) == 1, "epoch 1 is kept"
