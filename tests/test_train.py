@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -529,3 +530,25 @@ def test_a_diverged_run_is_recorded_before_it_is_raised(tree, tmp_path, monkeypa
     assert not meta["complete"] and meta["epochs_done"] == 1 and meta["fingerprint"]
     assert not (tmp_path / "results" / "run" / "predictions.npz").exists()
     assert len(read_csv(tmp_path / "results" / "run" / "metrics.csv")) == 1, "epoch 1 is kept"
+
+
+def test_bf16_on_a_cpu_without_native_support_warns_and_names_the_way_out(monkeypatch):
+    cfg = T.TrainConfig(amp="bf16")
+    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="without native bfloat16.*amp='off' trains faster"):
+        assert T._resolve_amp(cfg, torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert T._resolve_amp(cfg, torch.device("cpu")) == torch.bfloat16
+    hardware = T.environment_info()["hardware"]
+    assert hardware["cpu_capability"] and isinstance(hardware["cpu_bf16"], bool)
+
+
+def test_a_run_trains_in_bfloat16_autocast_on_the_cpu(tree, tmp_path):
+    plain = dict(mixup=0.0, cutmix=0.0, randaugment="", ema=0.0, epochs=1, amp="bf16")
+    with warnings.catch_warnings():  # the emulation warning, on CPUs without native bfloat16
+        warnings.simplefilter("ignore", UserWarning)
+        run = T.train(config(tree, tmp_path, **plain))
+    assert run["autocast"] == "bfloat16" and run["complete"]
+    assert np.isfinite(run["final"]["train_loss"]) and 0 <= run["final"]["test_acc"] <= 100
