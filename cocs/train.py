@@ -15,20 +15,13 @@ evenly over the processes, and only rank 0 writes files.
 """
 
 import argparse
-import ast
-import csv
-import difflib
-import io
+import functools
 import json
 import math
-import numbers
 import os
-import platform
 import random
 import re
-import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -42,406 +35,72 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import data as D
+from .config import (
+    POINT_DATASETS,
+    REPO_ROOT,
+    RUN_ONLY_KEYS,
+    SEGMENTATION_DATASETS,
+    ConfigError,
+    TrainConfig,
+    parse_model_kwargs,
+    portable_path,
+    portable_source,
+    recipe,
+    resolve_ckpt_dir,
+    same_recipe,
+)
+from .evaluate import _scores, evaluate, mean_iou, predict, test_split
 from .fingerprint import model_fingerprint
+from .provenance import (
+    _save,
+    _write_atomic,
+    _write_text,
+    cpu_has_native_bf16,
+    environment_info,
+    write_metrics_csv,
+)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-class ConfigError(ValueError):
-    """A configuration key or value that cannot be used; raised before any training starts."""
+# The engine's interface; the configuration, provenance and evaluation live in their own
+# modules (cocs.config, cocs.provenance, cocs.evaluate) and are importable from here too.
+__all__ = [
+    "PLAN_MARGIN",
+    "POINT_DATASETS",
+    "REPO_ROOT",
+    "RUN_ONLY_KEYS",
+    "SEGMENTATION_DATASETS",
+    "ConfigError",
+    "DataBundle",
+    "TrainConfig",
+    "TrainingDiverged",
+    "build_data",
+    "build_parser",
+    "cpu_has_native_bf16",
+    "create_model",
+    "environment_info",
+    "evaluate",
+    "field_help",
+    "load_trained",
+    "main",
+    "mean_iou",
+    "parse_model_kwargs",
+    "plan_epochs",
+    "portable_path",
+    "portable_source",
+    "predict",
+    "recipe",
+    "resolve_ckpt_dir",
+    "same_recipe",
+    "seed_everything",
+    "segmentation_size",
+    "share_initial_weights",
+    "train",
+    "write_metrics_csv",
+]
 
 
 class TrainingDiverged(FloatingPointError):
     """The training loss stopped being finite. ``metrics.json`` records the epoch (its key
     ``diverged``) before this is raised; ``args[1]`` is that record."""
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a training run, flat. Defaults are the documented CIFAR-10 run."""
-
-    # model
-    model: str = "coc_cifar"  # any timm name; `import cocs` registers coc_*
-    model_kwargs: str = ""  # extra create_model arguments: "k=v,k=v" (Python literals) or JSON
-    shared_init: bool = False  # copy the seed's initial weights of `model` without model_kwargs
-    drop_path: float = 0.1  # stochastic depth rate
-    # data
-    dataset: str = "cifar10"  # cifar10, cifar100, imagenette, imagenet, folder, modelnet40, camvid
-    data_path: str = ""  # data location; empty: COCS_DATA_<NAME>, cache, archives, download
-    download: bool = True  # allow downloading the data set as the last resort
-    img_size: int = 32  # side of the images the model sees (camvid: rows, 4:3 scenes)
-    max_per_class: int = 0  # training images kept per class (first in file order); 0: all
-    max_test_per_class: int = 0  # evaluation images kept per class; 0: all
-    max_classes: int = 0  # classes kept (first in sorted order); 0: all
-    crop_pad: int = -1  # pad-and-crop margin (CIFAR) in pixels; -1: img_size // 8; 0: flips only
-    randaugment: str = ""  # timm RandAugment string such as "rand-m9-mstd0.5-inc1"; empty: off
-    mixup: float = 0.0  # Mixup alpha; 0: off
-    cutmix: float = 0.0  # CutMix alpha; 0: off
-    label_smoothing: float = 0.1  # weight of the uniform distribution in the target
-    # optimisation
-    epochs: int = 30  # 0: as many as fit into budget_minutes (see plan_epochs)
-    budget_minutes: float = 0.0  # with epochs=0: wall-clock minutes of training and evaluation
-    batch_size: int = 128  # global batch, over all processes
-    eval_batch_size: int = 0  # 0: 2 * batch_size
-    eval_flip: bool = False  # also test the finished model on each image and its mirror
-    eval_every: int = 1  # test after every k-th epoch (and always after the last)
-    opt: str = "adamw"  # a timm optimizer name
-    lr: float = 2e-3  # peak learning rate (not rescaled with the batch size)
-    min_lr: float = 1e-5  # learning rate at the end of the cosine
-    warmup_epochs: int = 2  # linear warm-up from warmup_lr to lr (may exceed epochs in smoke runs)
-    warmup_lr: float = 1e-6  # learning rate of the first warm-up step
-    weight_decay: float = 0.05  # not applied to norms, biases and other 1-d parameters
-    sched_on_steps: bool = True  # update the learning rate every step (else every epoch)
-    clip_grad: float = 0.0  # max gradient norm; 0: off
-    ema: float = 0.0  # decay of an exponential moving average of the weights; 0: off
-    amp: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU), bf16, fp16 or off
-    torch_compile: bool = False  # torch.compile the model for training steps (slow first steps)
-    # run
-    seed: int = 0  # initial weights, data order and augmentation
-    device: str = "auto"  # auto (CUDA if present), cpu, cuda, cuda:N
-    num_workers: int = 0  # DataLoader worker processes
-    num_threads: int = 0  # torch CPU threads; 0: leave torch's default
-    out_dir: str = "results/train"  # metrics.csv and metrics.json
-    ckpt_dir: str = ""  # last.pt; empty: out_dir with its "results" component -> "checkpoints"
-    resume: bool = True  # continue from ckpt_dir/last.pt when it exists
-    keep_epoch_ckpts: bool = False  # also keep epoch_NNN.pt (weights only) for later analysis
-    save_predictions: bool = False  # write each test image's label and prediction (.npz)
-    stop_after_epochs: int = 0  # stop this call after so many epochs (resume later); 0: run all
-    progress: bool = True  # progress bars
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "TrainConfig":
-        """A validated config from a mapping; unknown keys and wrong types raise ``ConfigError``."""
-        if isinstance(d, TrainConfig):
-            d = asdict(d)
-        types = {f.name: f.type for f in fields(cls)}
-        values = {}
-        for key, value in d.items():
-            if key not in types:
-                close = difflib.get_close_matches(str(key), types, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise ConfigError(
-                    f"unknown config key {key!r}.{hint} Known keys: {', '.join(types)}. "
-                    "Rename or remove it."
-                )
-            values[key] = _check_type(key, value, types[key])
-        cfg = cls(**values)
-        cfg.validate()
-        return cfg
-
-    @classmethod
-    def from_namespace(cls, namespace: Mapping, **overrides) -> "TrainConfig":
-        """A validated config from the config keys of a namespace (a notebook's ``globals()``).
-
-        Names that are not config keys are ignored, so a notebook's ``parameters`` cell stays
-        the one place where its run is defined; ``overrides`` win over the namespace.
-        """
-        names = {f.name for f in fields(cls)}
-        return cls.from_dict({k: v for k, v in namespace.items() if k in names} | overrides)
-
-    def validate(self) -> None:
-        """Check values (types and ranges) without touching data or models; raise ``ConfigError``."""
-        for f in fields(self):
-            _check_type(f.name, getattr(self, f.name), f.type)
-        rules = [
-            ("epochs", self.epochs >= 0, "an int >= 1, or 0 to plan them from budget_minutes"),
-            ("budget_minutes", self.budget_minutes >= 0, "a float >= 0 (minutes; 0: off)"),
-            ("batch_size", self.batch_size >= 1, "an int >= 1"),
-            ("eval_batch_size", self.eval_batch_size >= 0, "an int >= 0 (0: 2 * batch_size)"),
-            ("img_size", self.img_size >= 1, "an int >= 1"),
-            ("lr", self.lr > 0, "a float > 0"),
-            ("min_lr", self.min_lr >= 0, "a float >= 0"),
-            ("warmup_lr", self.warmup_lr >= 0, "a float >= 0"),
-            ("weight_decay", self.weight_decay >= 0, "a float >= 0"),
-            (
-                "warmup_epochs",
-                self.warmup_epochs >= 0,
-                "an int >= 0 (a warm-up longer than the run never reaches lr)",
-            ),
-            ("label_smoothing", 0 <= self.label_smoothing < 1, "a float in [0, 1)"),
-            ("drop_path", 0 <= self.drop_path < 1, "a float in [0, 1)"),
-            ("mixup", self.mixup >= 0, "a float >= 0 (0: off)"),
-            ("cutmix", self.cutmix >= 0, "a float >= 0 (0: off)"),
-            (
-                "ema",
-                self.ema == 0 or 0 < self.ema < 1,
-                "0 (off) or a decay in (0, 1) such as 0.9998",
-            ),
-            ("clip_grad", self.clip_grad >= 0, "a float >= 0 (0: off)"),
-            ("amp", self.amp in ("auto", "bf16", "fp16", "off"), "one of auto, bf16, fp16, off"),
-            (
-                "device",
-                self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
-                "auto, cpu, cuda, cuda:N or mps",
-            ),
-            (
-                "dataset",
-                self.dataset in (*D.DATASETS, *POINT_DATASETS, *SEGMENTATION_DATASETS),
-                f"one of {sorted([*D.DATASETS, *POINT_DATASETS, *SEGMENTATION_DATASETS])}",
-            ),
-            ("max_per_class", self.max_per_class >= 0, "an int >= 0 (0: all)"),
-            ("max_test_per_class", self.max_test_per_class >= 0, "an int >= 0 (0: all)"),
-            ("max_classes", self.max_classes >= 0, "an int >= 0 (0: all)"),
-            ("crop_pad", self.crop_pad >= -1, "an int >= 0, or -1 for img_size // 8"),
-            ("num_workers", self.num_workers >= 0, "an int >= 0"),
-            ("eval_every", self.eval_every >= 1, "an int >= 1 (1: after every epoch)"),
-            ("num_threads", self.num_threads >= 0, "an int >= 0 (0: torch's default)"),
-            ("stop_after_epochs", self.stop_after_epochs >= 0, "an int >= 0 (0: run all epochs)"),
-            (
-                "randaugment",
-                self.randaugment == "" or self.randaugment.startswith("rand"),
-                "empty (off) or a timm RandAugment string such as 'rand-m9-mstd0.5-inc1'",
-            ),
-            ("out_dir", self.out_dir != "", "a folder path"),
-        ]
-        for key, ok, expected in rules:
-            if not ok:
-                raise ConfigError(
-                    f"{key}={getattr(self, key)!r} is not valid; expected {expected}."
-                )
-        if self.epochs == 0 and self.budget_minutes == 0:
-            raise ConfigError(
-                "epochs=0 plans the epochs from a time budget, but budget_minutes is 0; "
-                "set epochs >= 1 or budget_minutes > 0."
-            )
-        if self.epochs > 0 and self.budget_minutes > 0:
-            raise ConfigError(
-                f"budget_minutes={self.budget_minutes} applies only with epochs=0 (now "
-                f"{self.epochs}); set one of them to 0."
-            )
-        if self.epochs == 0 and self.warmup_epochs == 0:
-            raise ConfigError(
-                "epochs=0 needs warmup_epochs >= 1: the epochs are planned after the warm-up, "
-                "whose learning rates do not depend on the total; set warmup_epochs=1."
-            )
-        if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
-            raise ConfigError(
-                f"batch_size={self.batch_size} must be even with mixup/cutmix; use an even batch."
-            )
-        if self.dataset in POINT_DATASETS or self.dataset in SEGMENTATION_DATASETS:
-            if self.randaugment or self.mixup or self.cutmix or self.crop_pad != -1:
-                what = "point clouds" if self.dataset in POINT_DATASETS else "per-pixel classes"
-                raise ConfigError(
-                    f"dataset={self.dataset!r} holds {what}: randaugment, mixup, cutmix and "
-                    "crop_pad apply to image classification; leave them at their defaults"
-                )
-        elif self.crop_pad != -1 and D.get_spec(self.dataset).train_crop != "pad":
-            raise ConfigError(
-                f"crop_pad={self.crop_pad} applies to pad-and-crop data sets (cifar10, cifar100); "
-                f"{self.dataset} uses a random resized crop: leave crop_pad at -1."
-            )
-        parse_model_kwargs(self.model_kwargs)
-
-
-def _check_type(key: str, value, expected: type):
-    """``value`` as ``expected`` (int, float, bool or str), or a ``ConfigError`` naming the key."""
-    ok = {
-        bool: isinstance(value, bool | np.bool_),
-        int: isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_),
-        float: isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_),
-        str: isinstance(value, str),
-    }[expected]
-    if not ok:
-        example = {bool: "True or False", int: "3", float: "0.001", str: "'text'"}[expected]
-        raise ConfigError(
-            f"{key}={value!r} has type {type(value).__name__}; expected {expected.__name__} (e.g. {key}={example})."
-        )
-    return expected(value)
-
-
-def parse_model_kwargs(text: str) -> dict:
-    """``"a=1,b=(2, 3),c=name"`` or a JSON object -> keyword arguments for ``timm.create_model``."""
-    text = text.strip()
-    if not text:
-        return {}
-    if text.startswith("{"):
-        try:
-            out = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"model_kwargs={text!r} is not valid JSON ({err}).") from err
-        if not isinstance(out, dict):
-            raise ConfigError(f"model_kwargs={text!r} must be a JSON object.")
-        return out
-    out = {}
-    depth, start, parts = 0, 0, []
-    for i, ch in enumerate(text):  # split on commas outside brackets
-        depth += ch in "([{"
-        depth -= ch in ")]}"
-        if ch == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    for part in parts:
-        key, sep, raw = part.partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise ConfigError(
-                f"model_kwargs={text!r}: {part.strip()!r} is not key=value; write e.g. 'fold=2,heads=(4, 8)'."
-            )
-        try:
-            out[key.strip()] = ast.literal_eval(raw.strip())
-        except (ValueError, SyntaxError):
-            out[key.strip()] = raw.strip()  # a bare word is a string
-    return out
-
-
-def resolve_ckpt_dir(cfg: TrainConfig) -> Path:
-    """``ckpt_dir``, or ``out_dir`` with its last "results" component replaced by "checkpoints"."""
-    if cfg.ckpt_dir:
-        return Path(cfg.ckpt_dir)
-    parts = list(Path(cfg.out_dir).parts)
-    if "results" in parts:
-        i = len(parts) - 1 - parts[::-1].index("results")
-        parts[i] = "checkpoints"
-        return Path(*parts)
-    return Path(cfg.out_dir) / "checkpoints"
-
-
-# Keys that may differ between the run that wrote a checkpoint and the run resuming it.
-RUN_ONLY_KEYS = frozenset(
-    {
-        "out_dir",
-        "ckpt_dir",
-        "resume",
-        "keep_epoch_ckpts",
-        "stop_after_epochs",
-        "num_workers",
-        "num_threads",
-        "progress",
-        "eval_flip",
-        "torch_compile",
-        "device",
-        "download",
-        "data_path",
-        "save_predictions",
-        "eval_every",
-    }
-)
-
-
-def recipe(cfg: "TrainConfig | Mapping") -> dict:
-    """What a run trained with, beside the model: the config without the model's name and
-    arguments (the model fingerprint covers them) and without the keys that say only where and
-    how visibly it ran (:data:`RUN_ONLY_KEYS`). Two runs with equal recipes and fingerprints
-    trained the same model the same way."""
-    d = asdict(cfg) if isinstance(cfg, TrainConfig) else dict(cfg)
-    return {k: v for k, v in d.items() if k not in RUN_ONLY_KEYS | {"model", "model_kwargs"}}
-
-
-def same_recipe(recorded: Mapping, cfg: "TrainConfig") -> bool:
-    """Whether a recorded :func:`recipe` is that of ``cfg``. A key the record lacks (a setting
-    added since) counts as its default; a key only the record has (one removed since) is
-    ignored, so that adding a setting does not make every committed run stale."""
-    defaults = asdict(TrainConfig())
-    return all(recorded.get(k, defaults[k]) == v for k, v in recipe(cfg).items())
-
-
-def portable_source(text: str) -> str:
-    """A data set's source description with every absolute path cut to its last component
-    ("cache folder /home/me/cocs/data" -> "cache folder data")."""
-    return re.sub(r"(?<!\S)/\S*", lambda m: Path(m.group(0)).name, text)
-
-
-def portable_path(path: str | os.PathLike) -> str:
-    """``path`` relative to the repository when it lies inside it, so that committed files
-    name no folder of the machine that wrote them; other paths are kept as given."""
-    if not str(path):
-        return ""
-    p = Path(path)
-    try:
-        return p.resolve().relative_to(REPO_ROOT).as_posix() if p.is_absolute() else p.as_posix()
-    except ValueError:
-        return str(path)
-
-
-# --------------------------------------------------------------------------------------------
-# Provenance
-# --------------------------------------------------------------------------------------------
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment_info(device: torch.device | str | None = None) -> dict:
-    """Git commit, library versions and hardware, for every metrics file and checkpoint."""
-    import timm
-    import torchvision
-
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    info = {
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(status) if status is not None else None,
-        "versions": {
-            "python": platform.python_version(),
-            "torch": str(torch.__version__),
-            "torchvision": str(torchvision.__version__),
-            "timm": str(timm.__version__),
-            "numpy": str(np.__version__),
-        },
-        "hardware": {
-            "platform": platform.platform(),
-            "cpu": _cpu_model(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # AVX2, AVX512, ...
-            "cpu_bf16": cpu_has_native_bf16(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-            "device": str(device) if device is not None else None,
-            "world_size": dist.get_world_size() if dist.is_initialized() else 1,
-        },
-    }
-    return info
-
-
-# --------------------------------------------------------------------------------------------
-# Files, written atomically
-# --------------------------------------------------------------------------------------------
-
-
-def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_text(path: Path, text: str) -> None:
-    _write_atomic(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def write_metrics_csv(path: Path, rows: Sequence[Mapping]) -> None:
-    """Rewrite ``metrics.csv`` atomically: one row per epoch."""
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    _write_text(path, buf.getvalue())
-
-
-def _save(obj, path: Path) -> None:
-    _write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 # --------------------------------------------------------------------------------------------
@@ -527,12 +186,6 @@ class DataBundle:
     mean: tuple[float, float, float] | None  # None: the inputs need no standardisation
     std: tuple[float, float, float] | None
     source: str
-
-
-# Data sets of point clouds: (B, N, 3) coordinates in, classes out (cocs.modelnet).
-POINT_DATASETS = ("modelnet40",)
-# Data sets of per-pixel classes, with the class id that counts nowhere (void).
-SEGMENTATION_DATASETS = {"camvid": 11}
 
 
 def segmentation_size(img_size: int) -> tuple[int, int]:
@@ -623,13 +276,6 @@ def _resolve_device(cfg: TrainConfig, local_rank: int) -> torch.device:
     return device
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX). Elsewhere bfloat16
-    autocast is emulated: on an AVX2-only CPU a coc_cifar training step took 8x as long as in
-    float32 (eager and compiled alike)."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-
-
 def _resolve_amp(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     if cfg.amp == "off" or (cfg.amp == "auto" and device.type != "cuda"):
         return None
@@ -663,118 +309,6 @@ def _init_distributed() -> tuple[int, int, int, bool]:
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend)
     return rank, world, local_rank, True
-
-
-def evaluate(
-    model: nn.Module,
-    loader,
-    *,
-    device: torch.device,
-    mean,
-    std,
-    amp_dtype: torch.dtype | None = None,
-    flip: bool = False,
-    ignore_index: int = -100,
-    confusion: torch.Tensor | None = None,
-) -> tuple[float, float, int]:
-    """Mean cross-entropy, top-1 accuracy (%) and count over a loader (summed over processes).
-
-    Targets may be one class per item (B,) or per pixel (B, H, W) against logits (B, C, H, W);
-    targets equal to ``ignore_index`` count nowhere (segmentation's void). ``confusion``, a
-    (C, C) tensor, is added the counts of (target, prediction) pairs, for mean IoU.
-    ``flip=True`` is test-time augmentation by horizontal flips: the model sees each image and
-    its mirror (whose per-pixel predictions are mirrored back), and the two predicted class
-    distributions are averaged.
-    """
-    model.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
-    with torch.no_grad():
-        for x, y in loader:
-            x, y = (
-                D.normalize(x.to(device, non_blocking=True), mean, std),
-                y.to(device, non_blocking=True),
-            )
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(x)
-                mirrored = model(x.flip(3)) if flip else None
-            log_p = logits.float().log_softmax(1)  # (B, classes) or (B, classes, H, W)
-            if flip:  # the log of the mean of the two distributions
-                mirrored = mirrored.flip(3) if mirrored.dim() == 4 else mirrored
-                log_p = torch.logaddexp(log_p, mirrored.float().log_softmax(1)) - math.log(2)
-            totals[0] += nn.functional.nll_loss(
-                log_p, y, reduction="sum", ignore_index=ignore_index
-            ).double()
-            correct, count = _scores(log_p, y, ignore_index, confusion)
-            totals[1] += correct
-            totals[2] += count
-    if dist.is_initialized():
-        dist.all_reduce(totals)
-        if confusion is not None:
-            dist.all_reduce(confusion)
-    loss, correct, n = totals.tolist()
-    return loss / n, 100.0 * correct / n, int(n)
-
-
-def _scores(logits: torch.Tensor, y: torch.Tensor, ignore_index: int, confusion=None):
-    """Correct predictions and counted targets of a batch (targets at ``ignore_index`` left
-    out), and the (target, prediction) counts added to ``confusion`` when given."""
-    pred = logits.argmax(1)
-    valid = y != ignore_index
-    if confusion is not None:
-        C = confusion.shape[0]
-        pairs = y[valid] * C + pred[valid]
-        confusion += torch.bincount(pairs, minlength=C * C).view(C, C).to(confusion.dtype)
-    return ((pred == y) & valid).sum(), valid.sum()
-
-
-def mean_iou(confusion: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """Mean intersection over union (%) and each class's IoU from a (C, C) confusion matrix of
-    (target, prediction) counts; classes that occur in neither count as NaN and are left out."""
-    c = confusion.double()
-    inter, union = c.diag(), c.sum(0) + c.sum(1) - c.diag()
-    iou = torch.where(union > 0, 100.0 * inter / union.clamp_min(1), torch.nan)
-    return float(iou.nanmean()), iou
-
-
-def predict(
-    model: nn.Module,
-    bundle: DataBundle,
-    *,
-    device: torch.device,
-    amp_dtype: torch.dtype | None = None,
-    batch: int = 256,
-    ignore_index: int = -100,
-) -> dict[str, np.ndarray]:
-    """Every test item's outcome, in the test split's order.
-
-    Paired comparisons of two models on one test set (``cocs.stats``) need the per-item
-    outcomes, not only the accuracies. For classification: ``label`` and ``pred``, int16
-    arrays of length ``len(bundle.test)``; for segmentation (``ignore_index`` >= 0): each
-    image's confusion matrix of (target, prediction) pixel counts, ``confusion`` (N, C, C).
-    """
-    model.eval()
-    labels, preds, confusions = [], [], []
-    C = len(bundle.classes)
-    sampler = D.EpochBatchSampler(len(bundle.test), batch, shuffle=False, drop_last=False)
-    with torch.no_grad():
-        for x, y in D.make_loader(bundle.test, sampler, 0):
-            x = D.normalize(x.to(device), bundle.mean, bundle.std)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                pred = model(x).float().argmax(1).cpu()
-            if ignore_index < 0:
-                preds.append(pred)
-                labels.append(y)
-                continue
-            for p_i, y_i in zip(pred, y, strict=True):  # (H, W) each
-                valid = y_i != ignore_index
-                pairs = y_i[valid] * C + p_i[valid]
-                confusions.append(torch.bincount(pairs, minlength=C * C).view(C, C))
-    if ignore_index >= 0:
-        return {"confusion": torch.stack(confusions).numpy().astype(np.int32)}
-    return {
-        "label": torch.cat(labels).numpy().astype(np.int16),
-        "pred": torch.cat(preds).numpy().astype(np.int16),
-    }
 
 
 def load_trained(
@@ -870,11 +404,110 @@ def train(
             dist.destroy_process_group()
 
 
+def _loss(cfg: TrainConfig, num_classes: int, ignore: int):
+    """The batch mixer (timm's Mixup/CutMix, or None) and the training criterion."""
+    import timm.data
+    import timm.loss
+
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        mixup = timm.data.Mixup(
+            mixup_alpha=cfg.mixup,
+            cutmix_alpha=cfg.cutmix,
+            label_smoothing=cfg.label_smoothing,
+            num_classes=num_classes,
+        )
+        return mixup, timm.loss.SoftTargetCrossEntropy()
+    if ignore >= 0:  # per-pixel targets with a void class
+        return None, nn.CrossEntropyLoss(ignore_index=ignore, label_smoothing=cfg.label_smoothing)
+    if cfg.label_smoothing > 0:
+        return None, timm.loss.LabelSmoothingCrossEntropy(smoothing=cfg.label_smoothing)
+    return None, nn.CrossEntropyLoss()
+
+
+def _save_checkpoint(ckpt: dict, ckpt_dir: Path, keep_epoch: bool) -> None:
+    """``last.pt``, and with ``keep_epoch`` also ``epoch_NNN.pt`` (weights, config, classes)."""
+    _save(ckpt, ckpt_dir / "last.pt")
+    if keep_epoch:
+        _save(
+            {k: ckpt[k] for k in ("model", "ema", "epoch", "config", "classes", "env")},
+            ckpt_dir / f"epoch_{ckpt['epoch']:03d}.pt",
+        )
+
+
+def _data_in_turn(cfg: TrainConfig, rank: int, world: int) -> DataBundle:
+    """The data of every process; rank 0 first, so that extraction and decoding happen once."""
+    if rank == 0:
+        bundle = build_data(cfg, rank=rank)
+    if world > 1:
+        dist.barrier()
+    if rank != 0:
+        bundle = build_data(cfg, rank=rank)
+    return bundle
+
+
+def _initial_model(cfg: TrainConfig, num_classes: int, device) -> tuple[nn.Module, list | None]:
+    """The model of seed ``cfg.seed``, the same on every process; with ``shared_init`` it takes
+    the default variant's initial weights wherever they fit (the names it kept are returned)."""
+    seed_everything(cfg.seed)
+    model = create_model(cfg, num_classes=num_classes).to(device)
+    own_init = None
+    if cfg.shared_init:
+        seed_everything(cfg.seed)
+        default = create_model(
+            TrainConfig.from_dict(asdict(cfg) | {"model_kwargs": ""}), num_classes
+        )
+        own_init = share_initial_weights(model, default.to(device))
+    return model, own_init
+
+
+def _replan(rows: Sequence[Mapping], budget_minutes: float, world: int, device) -> int:
+    """The epochs a budgeted run plans after the epochs in ``rows``: :func:`plan_epochs` from
+    the time spent and the last three epochs' steady cost; every process follows rank 0."""
+    recent = [r["steady_seconds"] for r in rows[-3:]]
+    planned = plan_epochs(
+        len(rows),
+        sum(r["epoch_seconds"] for r in rows),
+        sum(recent) / len(recent),
+        60.0 * budget_minutes,
+    )
+    if world > 1:
+        shared = torch.tensor([planned], dtype=torch.int64, device=device)
+        dist.broadcast(shared, src=0)
+        planned = int(shared.item())
+    return max(planned, len(rows))  # the epochs done stay done
+
+
+def _check_resumable(ckpt: Mapping, cfg: TrainConfig, fingerprint: str, path: Path) -> None:
+    """Raise ConfigError when checkpoint ``path`` belongs to another run than ``cfg``."""
+    changed = {
+        k: (ckpt["config"].get(k), v)
+        for k, v in asdict(cfg).items()
+        if k not in RUN_ONLY_KEYS and ckpt["config"].get(k, TrainConfig.__dict__.get(k)) != v
+    }
+    if ckpt.get("fingerprint", fingerprint) != fingerprint:
+        changed["model fingerprint"] = (ckpt["fingerprint"], fingerprint)
+    if changed:
+        listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        raise ConfigError(
+            f"{path} belongs to a run with other settings ({listed}); use another ckpt_dir, "
+            "delete it, or pass resume=False to start afresh."
+        )
+
+
+def _write_record(out_dir: Path, result: Mapping, env: Mapping, images_skipped: int) -> None:
+    """``metrics.csv`` (one row per epoch) and ``metrics.json`` (the result without its rows and
+    models, with the environment), both written atomically."""
+    if result["metrics"]:
+        write_metrics_csv(out_dir / "metrics.csv", result["metrics"])
+    meta = {k: v for k, v in result.items() if k != "metrics"}
+    meta["environment"] = env
+    meta["images_skipped"] = images_skipped
+    _write_text(out_dir / "metrics.json", json.dumps(meta, indent=2) + "\n")
+
+
 def _train(
     cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_end, on_step_end
 ) -> dict:
-    import timm.data
-    import timm.loss
     import timm.optim
     import timm.scheduler
     import timm.utils
@@ -891,31 +524,14 @@ def _train(
     last_path = ckpt_dir / "last.pt"
     is_main = rank == 0
 
-    # Data: rank 0 first, so that extraction and decoding happen once.
-    if is_main:
-        bundle = build_data(cfg, rank=rank)
-    if world > 1:
-        dist.barrier()
-    if not is_main:
-        bundle = build_data(cfg, rank=rank)
+    bundle = _data_in_turn(cfg, rank, world)
     n_train = len(bundle.train)
     steps_per_epoch = n_train // cfg.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(
             f"batch_size={cfg.batch_size} is larger than the training set ({n_train} images); lower batch_size."
         )
-
-    # Model, identical on every rank; then per-rank randomness (drop path) from seed + rank.
-    seed_everything(cfg.seed)
-    model = create_model(cfg, num_classes=len(bundle.classes)).to(device)
-    own_init = None
-    if cfg.shared_init:  # the default variant's initial weights of this seed, where they fit
-        seed_everything(cfg.seed)
-        default = create_model(
-            TrainConfig.from_dict(asdict(cfg) | {"model_kwargs": ""}), len(bundle.classes)
-        )
-        own_init = share_initial_weights(model, default.to(device))
-        del default
+    model, own_init = _initial_model(cfg, len(bundle.classes), device)
     fingerprint = model_fingerprint(model)
     seed_everything(cfg.seed + rank)
     n_params = sum(p.numel() for p in model.parameters())
@@ -942,40 +558,14 @@ def _train(
     scheduler = make_scheduler(total)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     ignore = SEGMENTATION_DATASETS.get(cfg.dataset, -100)  # a target class that counts nowhere
-    mixup = None
-    if cfg.mixup > 0 or cfg.cutmix > 0:
-        mixup = timm.data.Mixup(
-            mixup_alpha=cfg.mixup,
-            cutmix_alpha=cfg.cutmix,
-            label_smoothing=cfg.label_smoothing,
-            num_classes=len(bundle.classes),
-        )
-        criterion = timm.loss.SoftTargetCrossEntropy()
-    elif ignore >= 0:  # per-pixel targets with a void class
-        criterion = nn.CrossEntropyLoss(ignore_index=ignore, label_smoothing=cfg.label_smoothing)
-    elif cfg.label_smoothing > 0:
-        criterion = timm.loss.LabelSmoothingCrossEntropy(smoothing=cfg.label_smoothing)
-    else:
-        criterion = nn.CrossEntropyLoss()
+    mixup, criterion = _loss(cfg, len(bundle.classes), ignore)
 
     rows: list[dict] = []
     start_epoch = 0
     env = environment_info(device)
     if cfg.resume and last_path.is_file():
         ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
-        changed = {
-            k: (ckpt["config"].get(k), v)
-            for k, v in asdict(cfg).items()
-            if k not in RUN_ONLY_KEYS and ckpt["config"].get(k, TrainConfig.__dict__.get(k)) != v
-        }
-        if ckpt.get("fingerprint", fingerprint) != fingerprint:
-            changed["model fingerprint"] = (ckpt["fingerprint"], fingerprint)
-        if changed:
-            listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-            raise ConfigError(
-                f"{last_path} belongs to a run with other settings ({listed}); use another ckpt_dir, "
-                "delete it, or pass resume=False to start afresh."
-            )
+        _check_resumable(ckpt, cfg, fingerprint, last_path)
         model.load_state_dict(ckpt["model"])
         total = int(ckpt.get("epochs_planned", total))
         scheduler = make_scheduler(total)  # before the optimizer's state: it sets the rates
@@ -1006,28 +596,10 @@ def _train(
     eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
     pin = device.type == "cuda"
 
-    def test(into: dict, prefix: str, which: nn.Module, flip: bool = False) -> None:
-        """Test loss and accuracy of ``which`` over the whole test split (all processes),
-        written into ``into`` as ``<prefix>loss``, ``<prefix>acc`` (and ``<prefix>miou``)."""
-        sampler = D.EpochBatchSampler(
-            len(bundle.test), eval_bs, shuffle=False, drop_last=False, rank=rank, world_size=world
-        )
-        loader = D.make_loader(bundle.test, sampler, cfg.num_workers, pin_memory=pin)
-        C = len(bundle.classes)
-        confusion = torch.zeros(C, C, dtype=torch.float64, device=device) if ignore >= 0 else None
-        into[f"{prefix}loss"], into[f"{prefix}acc"], _ = evaluate(
-            which,
-            loader,
-            device=device,
-            mean=bundle.mean,
-            std=bundle.std,
-            amp_dtype=amp_dtype,
-            flip=flip,
-            ignore_index=ignore,
-            confusion=confusion,
-        )
-        if confusion is not None:
-            into[f"{prefix}miou"] = mean_iou(confusion)[0]
+    # test(into, prefix, which, flip=False): the whole test split, all processes together
+    test = functools.partial(test_split, bundle=bundle, batch=eval_bs, rank=rank, world=world,
+                             num_workers=cfg.num_workers, device=device, amp_dtype=amp_dtype,
+                             ignore_index=ignore)  # fmt: skip
 
     epochs_run = 0
     epoch = start_epoch
@@ -1121,18 +693,7 @@ def _train(
             )
             row["steady_seconds"] = row["epoch_seconds"] - first_step_seconds + ordinary
             if epoch + 1 >= cfg.warmup_epochs:
-                recent = [r["steady_seconds"] for r in [*rows, row][-3:]]
-                planned = plan_epochs(
-                    epoch + 1,
-                    sum(r["epoch_seconds"] for r in [*rows, row]),
-                    sum(recent) / len(recent),
-                    60.0 * cfg.budget_minutes,
-                )
-                if world > 1:  # every process follows rank 0's plan
-                    shared = torch.tensor([planned], dtype=torch.int64, device=device)
-                    dist.broadcast(shared, src=0)
-                    planned = int(shared.item())
-                planned = max(planned, epoch + 1)  # the epochs done stay done
+                planned = _replan([*rows, row], cfg.budget_minutes, world, device)
                 if planned != total:
                     total = planned
                     scheduler = make_scheduler(total)
@@ -1164,12 +725,7 @@ def _train(
                 "classes": bundle.classes,
                 "env": env,
             }
-            _save(ckpt, last_path)
-            if cfg.keep_epoch_ckpts:
-                _save(
-                    {k: ckpt[k] for k in ("model", "ema", "epoch", "config", "classes", "env")},
-                    ckpt_dir / f"epoch_{epoch:03d}.pt",
-                )
+            _save_checkpoint(ckpt, ckpt_dir, cfg.keep_epoch_ckpts)
             write_metrics_csv(out_dir / "metrics.csv", rows)
             if cfg.progress:
                 tqdm.write(_describe(row, total))
@@ -1190,7 +746,7 @@ def _train(
             model, bundle, device=device, amp_dtype=amp_dtype, batch=eval_bs, ignore_index=ignore
         )
 
-        def write(tmp: str) -> None:
+        def write(tmp: str) -> None:  # a file object: np.savez would append ".npz" to a name
             with open(tmp, "wb") as f:
                 np.savez_compressed(f, **outcomes)
 
@@ -1224,14 +780,8 @@ def _train(
     if world > 1:
         result["rank_weight_max_diff"] = _max_weight_diff(model)
     if is_main:
-        if rows:
-            write_metrics_csv(out_dir / "metrics.csv", rows)
-        meta = {k: v for k, v in result.items() if k != "metrics"}
-        meta["environment"] = env
-        meta["images_skipped"] = sum(
-            len(getattr(split.data, "skipped", ())) for split in (bundle.train, bundle.test)
-        )
-        _write_text(out_dir / "metrics.json", json.dumps(meta, indent=2) + "\n")
+        skipped = sum(len(getattr(p.data, "skipped", ())) for p in (bundle.train, bundle.test))
+        _write_record(out_dir, result, env, skipped)
     if diverged is not None:
         raise TrainingDiverged(
             f"{cfg.model} ({cfg.model_kwargs or 'default'}), seed {cfg.seed}: the training loss "

@@ -1,0 +1,112 @@
+"""Where and how a run was made, and how its files are written.
+
+:func:`environment_info` (git commit and state, library versions, hardware) goes into every
+``metrics.json`` and checkpoint; every results file is written atomically (a temporary file,
+then a rename), so an interrupted run never leaves half a file behind.
+"""
+
+import csv
+import io
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .config import REPO_ROOT
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment_info(device: torch.device | str | None = None) -> dict:
+    """Git commit, library versions and hardware, for every metrics file and checkpoint."""
+    import timm
+    import torchvision
+
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    info = {
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(status) if status is not None else None,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__),
+            "timm": str(timm.__version__),
+            "numpy": str(np.__version__),
+        },
+        "hardware": {
+            "platform": platform.platform(),
+            "cpu": _cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # AVX2, AVX512, ...
+            "cpu_bf16": cpu_has_native_bf16(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+            "device": str(device) if device is not None else None,
+            "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+        },
+    }
+    return info
+
+
+# Files, written atomically ------------------------------------------------------------------
+
+
+def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_text(path: Path, text: str) -> None:
+    _write_atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_metrics_csv(path: Path, rows: Sequence[Mapping]) -> None:
+    """Rewrite ``metrics.csv`` atomically: one row per epoch."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_text(path, buf.getvalue())
+
+
+def _save(obj, path: Path) -> None:
+    _write_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX). Elsewhere bfloat16
+    autocast is emulated: on an AVX2-only CPU a coc_cifar training step took 8x as long as in
+    float32 (eager and compiled alike)."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
