@@ -28,7 +28,7 @@ help:
 	@echo "make reproduce  run every notebook with its default parameters, writing results/"
 	@echo "make test       unit tests, then every notebook with its smoke parameters"
 	@echo "make smoke      run every notebook with its smoke parameters into $(SMOKE_RESULTS)/"
-	@echo "make book       the web site of the executed notebooks, in build/book/ (executes nothing)"
+	@echo "make book       the web site of the executed notebooks, in build/book/ (trains nothing)"
 	@echo "make lab        JupyterLab on this folder; notebooks/*.py open as notebooks"
 	@echo "make bench      speed and memory of a training step (writes results/bench/)"
 	@echo "make lint       ruff on cocs, tests and notebooks"
@@ -74,10 +74,12 @@ reproduce: install
 
 smoke: $(foreach n,$(NOTEBOOKS),$(BUILD)/smoke/$(n).ipynb)
 
-# The site shows, per chapter, its default run when there is one, else its smoke run. When
-# every chapter has one it executes nothing; else it first brings the smoke runs up to date.
-UNRUN := $(foreach n,$(NOTEBOOKS),$(if $(wildcard $(BUILD)/default/$(n).ipynb $(BUILD)/smoke/$(n).ipynb),,$(n)))
+# The site shows, per chapter, its default run when there is one, else its book run (the
+# committed finished runs, loaded instead of trained: `python -m cocs.book --prepare`), else
+# its smoke run. Runs that exist and are up to date are not executed again.
+UNRUN := $(foreach n,$(NOTEBOOKS),$(if $(wildcard $(BUILD)/default/$(n).ipynb $(BUILD)/book/$(n).ipynb $(BUILD)/smoke/$(n).ipynb),,$(n)))
 book: install
+	$(PY) -m cocs.book --prepare
 	$(if $(UNRUN),$(MAKE) smoke)
 	$(PY) -m cocs.book
 

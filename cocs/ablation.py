@@ -11,7 +11,6 @@ intervals (:mod:`cocs.stats`), and :func:`findings` reads the paper's claims off
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
@@ -200,32 +199,23 @@ def run_config(key: str, seed: int, params: Mapping, out: str | os.PathLike):
 
 
 def finished_run(cfg) -> dict | None:
-    """The ``metrics.json`` of a finished run of ``cfg`` whose model fingerprint and recipe equal
-    today's, with its predictions; None when there is none (or it is stale).
+    """The finished run of ``cfg`` (:func:`cocs.runs.finished`: its fingerprint and recipe equal
+    today's) with its test predictions (``label``, ``pred``); None when there is none.
 
     A run whose training loss stopped being finite is finished too: its record carries the
     epoch under ``diverged`` and has no predictions. Training it again with the same seed and
     recipe would repeat the same steps, so the study reports it as "failed to train".
     """
-    from .train import create_model, same_recipe
+    from .runs import finished
 
-    folder = Path(cfg.out_dir)
-    meta_path, pred_path = folder / "metrics.json", folder / "predictions.npz"
-    if not meta_path.is_file():
+    meta = finished(cfg, weights=False)
+    if meta is None or meta.get("diverged"):
+        return meta
+    pred_path = Path(cfg.out_dir) / "predictions.npz"
+    if not pred_path.is_file():
         return None
-    meta = json.loads(meta_path.read_text())
-    failed = bool(meta.get("diverged"))
-    if not (meta.get("complete") and pred_path.is_file()) and not failed:
-        return None
-    if not same_recipe(meta.get("recipe", {}), cfg):
-        return None
-    from .fingerprint import model_fingerprint
-
-    if meta.get("fingerprint") != model_fingerprint(create_model(cfg, len(meta["classes"]))):
-        return None
-    if not failed:
-        with np.load(pred_path) as f:
-            meta["label"], meta["pred"] = f["label"], f["pred"]
+    with np.load(pred_path) as f:
+        meta["label"], meta["pred"] = f["label"], f["pred"]
     return meta
 
 

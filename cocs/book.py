@@ -1,12 +1,18 @@
 """The handbook as a static web site, built offline from the executed notebooks.
 
 `make book` (`python -m cocs.book`) gathers, for every chapter, the executed notebook of the
-most complete run this checkout holds (`build/notebooks/default/`, else `smoke/`), states on
+most complete run this checkout holds (`build/notebooks/default/`, else `book/`, else
+`smoke/`), states on
 the page which run it shows (profile, date, commit, machine), and renders the chapters, the
 README (as the home page), the glossary, the bibliography and the exercise solutions with
-Sphinx and MyST-NB. Nothing is executed: a page shows what its run computed.
+Sphinx and MyST-NB. Building executes nothing: a page shows what its run computed.
+`--prepare` executes, for the chapters that train and have no default run, their `book`
+profile (`notebooks/profiles.yaml`): the chapter as documented, on a copy of the committed
+results, reusing every finished run that matches today's code (`cocs.runs`) and training none.
+A chapter whose runs are not all committed fails there, says why, and shows its smoke run.
 MathJax is served from the site, so pages need no network.
 
+    python -m cocs.book --prepare             # the `book` profile, where no default run exists
     python -m cocs.book                       # build/book/index.html
     python -m cocs.book --profile smoke       # only the smoke runs
     python -m cocs.book --check build/book    # the pure-Python checks of a built site
@@ -30,9 +36,13 @@ from urllib.parse import unquote, urlsplit
 from .handbook import notebook_names, notebook_source, repo_root
 
 # The runs a page may show, most complete first.
-PROFILES = ("default", "smoke")
+PROFILES = ("default", "book", "smoke")
 PROFILE_NOTES = {
     "default": "the chapter's documented configuration (its `parameters` cell)",
+    "book": "the chapter's documented configuration, standing on the committed finished runs "
+    "of its default profile (results/ and the weights shipped in cocs/weights, where their "
+    "model fingerprint and recipe match the code) instead of training them again; each run's "
+    "origin is printed where it is loaded",
     "smoke": "the small test configuration of `make test`: its numbers show that the code "
     "runs, not what the chapter finds; `make reproduce` produces the real ones",
 }
@@ -65,6 +75,48 @@ def executed_notebooks(
             "run `make smoke` (minutes) or `make reproduce` (hours) first"
         )
     return found
+
+
+def _newest(paths) -> float:
+    return max((p.stat().st_mtime for p in paths if p.is_file()), default=0.0)
+
+
+def prepare(build: Path | None = None) -> dict[str, str]:
+    """Execute the `book` profile of every chapter it lists that has no default run and whose
+    book run is missing or older than its inputs (the chapter, the profiles, the library and
+    the committed results). The runs use `build/book-results/`, a fresh copy of `results/`,
+    so the committed files stay as they are. Returns what happened to each listed chapter."""
+    from papermill.exceptions import PapermillExecutionError
+
+    from .handbook import _load_profiles, run_notebook
+
+    root = repo_root()
+    build = build if build is not None else root / "build" / "notebooks"
+    chapters = list(_load_profiles().get("book", {}))
+    staged = root / "build" / "book-results"
+    library = [*root.glob("cocs/*.py"), *root.glob("cocs/*.yaml")]
+    outcomes = {}
+    for name in chapters:
+        out = build / "book" / f"{name}.ipynb"
+        inputs = [notebook_source(name), root / "notebooks" / "profiles.yaml", *library,
+                  *(root / "results").rglob("*")]  # fmt: skip
+        if (build / "default" / f"{name}.ipynb").is_file():
+            outcomes[name] = "has a default run"
+            continue
+        if out.is_file() and out.stat().st_mtime >= _newest(inputs):
+            outcomes[name] = "book run up to date"
+            continue
+        if staged.exists():
+            shutil.rmtree(staged)
+        shutil.copytree(root / "results", staged)
+        try:
+            run_notebook(name, profile="book", results_dir=staged, output=out)
+            outcomes[name] = "book run executed"
+        except PapermillExecutionError as err:
+            out.unlink(missing_ok=True)
+            outcomes[name] = f"no book run ({err.ename}: {err.evalue.splitlines()[0]})"
+        print(f"{name}: {outcomes[name]}", file=sys.stderr, flush=True)
+    return outcomes
 
 
 def provenance_note(profile: str, metadata: dict, source: str) -> str:
@@ -269,7 +321,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, help="the site folder (default: build/book)")
     parser.add_argument("--check", type=Path, metavar="SITE", help="only check a built site")
+    parser.add_argument(
+        "--prepare",
+        action="store_true",
+        help="only execute the book profile where a chapter has no default run (see above)",
+    )
     args = parser.parse_args(argv)
+    if args.prepare:
+        for name, outcome in prepare().items():
+            print(f"{name}: {outcome}")
+        return 0
     try:
         if args.check is None:
             index = build(args.out, profiles=tuple(args.profile or PROFILES), quiet=False)

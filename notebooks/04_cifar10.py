@@ -66,6 +66,7 @@ eval_flip = True  # also test each finished model with flip test-time augmentati
 models = "coc_cifar,resnet_cifar,vit_cifar"
 seed = 0
 export_weights = True  # write the trained models into cocs/weights, the package's shipped weights
+train_missing = True  # False: train nothing, only reuse finished runs that match today's code
 results_dir = "results"
 
 # %%
@@ -85,8 +86,9 @@ import cocs
 from cocs.bench import hardware_name
 from cocs.handbook import atomic_write_text, results_path, save_figure, write_csv
 from cocs.paper import table
+from cocs.runs import train_or_reuse
 from cocs.stats import paired_difference
-from cocs.train import TrainConfig, portable_path, train
+from cocs.train import TrainConfig, portable_path
 from cocs.weights import WEIGHTS_DIR, export
 
 if num_threads:
@@ -189,7 +191,7 @@ for name in names:
         progress=False,
     )
     t0 = time.perf_counter()
-    runs[name] = train(cfg)
+    runs[name] = train_or_reuse(cfg, train_missing=train_missing)
     runs[name]["call_seconds"] = time.perf_counter() - t0
     final = runs[name]["final"]
     print(

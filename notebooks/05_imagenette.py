@@ -55,6 +55,7 @@ num_threads = 0  # torch CPU threads; 0: all cores
 keep_epoch_ckpts = True  # a checkpoint per epoch, for the later analysis of the clustering
 seed = 0
 export_weights = True  # write the trained model into cocs/weights, the package's shipped weights
+train_missing = True  # False: train nothing, only reuse finished runs that match today's code
 results_dir = "results"
 
 # %%
@@ -72,8 +73,9 @@ from torch.utils.flop_counter import FlopCounterMode
 import cocs
 from cocs.bench import hardware_name
 from cocs.handbook import repo_root, results_path, save_figure, write_csv
+from cocs.runs import train_or_reuse
 from cocs.stats import paired_difference
-from cocs.train import TrainConfig, portable_path, resolve_ckpt_dir, train
+from cocs.train import TrainConfig, portable_path, resolve_ckpt_dir
 from cocs.weights import WEIGHTS_DIR, export
 
 if num_threads:
@@ -112,7 +114,7 @@ cfg = TrainConfig.from_namespace(
     globals(), dataset="imagenette", out_dir=str(out), progress=False, save_predictions=True
 )
 t0 = time.perf_counter()
-run = train(cfg)
+run = train_or_reuse(cfg, train_missing=train_missing)
 call_seconds = time.perf_counter() - t0
 metrics = pd.DataFrame(run["metrics"])
 assert run["complete"] and len(metrics) == epochs, f"{len(metrics)} of {epochs} epochs"
@@ -273,7 +275,7 @@ if peer:
         globals(), model=peer, dataset="imagenette", out_dir=str(out / "peer" / peer),
         keep_epoch_ckpts=False, save_predictions=True, progress=False, ckpt_dir="",
     )  # fmt: skip
-    peer_run = train(peer_cfg)
+    peer_run = train_or_reuse(peer_cfg, train_missing=train_missing)
     assert peer_run["complete"], f"{peer} did not finish"
     peer_metrics = pd.DataFrame(peer_run["metrics"])
     export(peer_run["model"], peer, metrics={"test_acc": peer_run["final"]["test_acc"],

@@ -67,8 +67,8 @@ max_per_class = 0  # training images per class; 0: all 5000
 max_test_per_class = 0  # test images per class; 0: all 1000
 num_threads = 0  # torch CPU threads; 0: all cores
 train_missing = True  # False: tabulate only the finished runs, train nothing
-cost_repeats = 5  # timing rounds of the relative-cost measurement
-trace_steps = 400  # training steps replayed to watch the raw similarity's denominators
+cost_repeats = 5  # timing rounds of the relative-cost measurement; 0: the committed costs.csv
+trace_steps = 400  # steps replayed to watch the raw similarity; 0: the committed trace.csv
 results_dir = "results"
 
 # %%
@@ -101,7 +101,7 @@ from cocs.ablation import (
 from cocs.bench import hardware_name
 from cocs.handbook import atomic_write_text, results_path, save_figure, write_csv
 from cocs.paper import numbers
-from cocs.train import create_model, load_trained, resolve_ckpt_dir
+from cocs.train import cpu_has_native_bf16, create_model, load_trained, resolve_ckpt_dir
 
 started = time.perf_counter()
 if num_threads:
@@ -168,8 +168,12 @@ if max_per_class == 0:  # the whole training set: the default run
 # this machine) by these ratios; runs that are already finished cost nothing.
 
 # %%
-costs = relative_costs(keys, repeats=cost_repeats, amp=amp == "bf16")
-costs["load_1min"] = os.getloadavg()[0]  # what else the machine was doing meanwhile
+if cost_repeats:
+    costs = relative_costs(keys, repeats=cost_repeats, amp=amp == "bf16")
+    costs["load_1min"] = os.getloadavg()[0]  # what else the machine was doing meanwhile
+else:  # measured where the study ran
+    costs = pd.read_csv(committed / "costs.csv")
+    print(f"cost_repeats=0: the committed costs.csv (load {costs['load_1min'].iloc[0]:.1f})")
 write_csv(costs, out / "costs.csv")
 done = {(k, s) for k, s in plan if finished_run(run_config(k, s, globals(), out)) is not None}
 reference = None  # minutes of one epoch of the full model on a quiet machine
@@ -200,6 +204,11 @@ else:
         f"{estimate['minutes'].sum() / 60:.1f} h ({epochs} epochs each; one full-model epoch "
         f"{reference:.2f} min, from {source})"
     )
+if amp == "bf16" and not cpu_has_native_bf16() and len(done) < len(plan):
+    print(f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bfloat16: "
+          "bf16 autocast is emulated, and every epoch here will take several times the "
+          "estimate; the study is meant for a CPU with AVX512-BF16 or AMX (amp='off' is "
+          "faster here, but it is another recipe: a separate study)")  # fmt: skip
 estimate.groupby("key", sort=False)["minutes"].sum().round(1)
 
 # %% [markdown]
@@ -386,7 +395,13 @@ print(text)
 # %%
 images = test_images(run_config("full", 0, globals(), out), 256)
 traces = {}
-if "raw_similarity" in keys:
+if not trace_steps and (committed / "trace.csv").is_file():  # replayed where the study ran
+    print("trace_steps=0: the committed trace.csv")
+    shown_trace = pd.read_csv(committed / "trace.csv")
+    traces = {k: t.drop(columns="key") for k, t in shown_trace.groupby("key", sort=False)}
+elif not trace_steps:
+    print("trace_steps=0 and no committed trace.csv: nothing replayed")
+elif "raw_similarity" in keys:
     traces["raw_similarity"] = divergence_trace(
         run_config("raw_similarity", 0, globals(), out), images, steps=trace_steps
     )

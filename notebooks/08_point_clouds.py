@@ -55,6 +55,7 @@ anchors = 1024  # the points PointMLP's stages halve (1024: the release; smaller
 max_per_class = 0  # training shapes per class; 0: all
 max_test_per_class = 0  # test shapes per class; 0: all
 num_threads = 0  # torch CPU threads; 0: all cores
+train_missing = True  # False: train nothing, only reuse finished runs that match today's code
 results_dir = "results"
 
 # %%
@@ -72,9 +73,10 @@ from cocs.handbook import results_path, save_figure, write_csv
 from cocs.modelnet import load_modelnet40
 from cocs.paper import numbers
 from cocs.pointsets import farthest_point_sample, gather, knn
+from cocs.runs import train_or_reuse
 from cocs.setmodel import SetCluster
 from cocs.stats import class_accuracies, paired_difference
-from cocs.train import TrainConfig, train
+from cocs.train import TrainConfig
 
 started = time.perf_counter()
 if num_threads:
@@ -159,7 +161,7 @@ for name in names:
             seed=seed, save_predictions=True, out_dir=str(out / name / f"seed{seed}"),
             progress=False,
         )  # fmt: skip
-        run = train(cfg)
+        run = train_or_reuse(cfg, train_missing=train_missing)
         assert run["complete"], f"{name} seed {seed} did not finish its plan"
         trained[name, seed] = run["model"]
         with np.load(out / name / f"seed{seed}" / "predictions.npz") as f:

@@ -55,6 +55,7 @@ amp = "bf16"  # autocast dtype: bf16, or off where a CPU lacks bfloat16 support
 max_per_class = 0  # training images kept (first in name order); 0: all 367
 max_test_per_class = 0  # test images kept; 0: all 233
 num_threads = 0  # torch CPU threads; 0: all cores
+train_missing = True  # False: train nothing, only reuse finished runs that match today's code
 results_dir = "results"
 
 # %%
@@ -74,7 +75,8 @@ from cocs.handbook import results_path, save_figure, write_csv
 from cocs.maps import blend
 from cocs.model import capture_assignments
 from cocs.paper import numbers
-from cocs.train import TrainConfig, build_data, mean_iou, train
+from cocs.runs import train_or_reuse
+from cocs.train import TrainConfig, build_data, mean_iou
 from cocs.weights import shipped
 
 started = time.perf_counter()
@@ -120,7 +122,7 @@ for run_name, body, kw, warm in plan:
         model_kwargs=f"backbone={body!r},backbone_kwargs={kw!r},pretrained={warm}",
         out_dir=str(out / run_name), progress=False,
     )  # fmt: skip
-    run = train(cfg)
+    run = train_or_reuse(cfg, train_missing=train_missing)
     assert run["complete"], f"{run_name} did not finish its plan"
     models[run_name] = run["model"]
     with np.load(out / run_name / "predictions.npz") as f:

@@ -110,6 +110,42 @@ def test_missing_runs_say_what_to_run(tmp_path):
         book.executed_notebooks(("smoke",), tmp_path)
 
 
+def test_prepare_runs_the_book_profile_only_where_it_is_needed(tmp_path, monkeypatch):
+    from papermill.exceptions import PapermillExecutionError
+
+    root, build = tmp_path / "repo", tmp_path / "notebooks"
+    (root / "results" / "06_ablations").mkdir(parents=True)
+    (root / "results" / "06_ablations" / "runs.csv").write_text("key\nfull\n")
+    (build / "default").mkdir(parents=True)
+    (build / "default" / "04_cifar10.ipynb").write_text("{}")
+    monkeypatch.setattr(book, "repo_root", lambda: root)
+    calls = []
+
+    def run_notebook(name, *, profile, results_dir, output):
+        calls.append(name)
+        assert profile == "book" and Path(results_dir) == root / "build" / "book-results"
+        assert (Path(results_dir) / "06_ablations" / "runs.csv").is_file(), "a copy of results/"
+        if name != "06_ablations":
+            raise PapermillExecutionError(1, 1, "", "MissingRun", f"results/{name}: none\n.", [])
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text("{}")
+        return Path(output)
+
+    monkeypatch.setattr(handbook, "run_notebook", run_notebook)
+    listed = set(handbook._load_profiles()["book"])
+    first = book.prepare(build)
+    assert set(first) == listed and first["04_cifar10"] == "has a default run"
+    assert first["06_ablations"] == "book run executed"
+    assert first["08_point_clouds"] == "no book run (MissingRun: results/08_point_clouds: none)"
+    assert "04_cifar10" not in calls and not (build / "book" / "08_point_clouds.ipynb").exists()
+    calls.clear()
+    second = book.prepare(build)
+    assert second["06_ablations"] == "book run up to date" and "06_ablations" not in calls
+    (root / "results" / "06_ablations" / "runs.csv").write_text("key\nfull\none_head\n")
+    assert book.prepare(build)["06_ablations"] == "book run executed", "new results: again"
+    assert (root / "results" / "06_ablations" / "runs.csv").read_text().count("\n") == 3
+
+
 # --- the site built from the smoke runs ----------------------------------------------------------
 
 

@@ -87,3 +87,24 @@ def test_the_pattern_finds_paths_and_spares_urls():
 def test_committed_results_name_no_folder_of_the_machine_that_wrote_them(path):
     found = ABSOLUTE.findall(path.read_text(errors="replace"))
     assert not found, f"{path.relative_to(ROOT)} holds machine paths {found[:3]}"
+
+
+def test_every_committed_ablation_run_is_reused_by_the_book_profile():
+    """Chapter 6 stands on its committed runs: each is found by the chapter's own parameters
+    (with the book profile's overrides), so no reader has to train it again."""
+    from cocs.ablation import finished_run, run_config
+    from cocs.handbook import load_profile, parameters_of, read_notebook
+    from cocs.runs import mismatch
+
+    params = parameters_of(read_notebook("06_ablations")) | load_profile("06_ablations", "book")
+    folder = ROOT / "results" / "06_ablations"
+    found = sorted(p.parent for p in folder.glob("*/seed*/metrics.json"))
+    assert found, "chapter 6 has committed runs"
+    for run in found:
+        key, seed = run.parent.name, int(run.name.removeprefix("seed"))
+        if key.startswith("pilot"):  # the pilot of the epoch count: another schedule
+            continue
+        assert finished_run(run_config(key, seed, params, folder)) is not None, (
+            f"{run.relative_to(ROOT)} does not match today's code or recipe: "
+            f"{mismatch(run_config(key, seed, params, folder))}"
+        )

@@ -1,0 +1,172 @@
+"""Finished runs, read back instead of trained again.
+
+A chapter that has trained a model keeps its files under ``results/`` (``metrics.json``,
+``metrics.csv``, predictions), and they are committed; the checkpoints stay on the machine
+that trained, and a chapter may export the final weights into ``cocs/weights``. A later
+execution of the chapter, on any machine, can stand on that run instead of training it again,
+but only while the run is what the code would train today: the same model fingerprint
+(:func:`cocs.fingerprint.model_fingerprint`) and the same recipe (:func:`cocs.config.recipe`).
+
+:func:`finished` reads such a run, with its weights where they can be found, and
+:func:`train_or_reuse` is what chapters call: the finished run if there is one, else training
+(or, with ``train_missing=False``, a clear error that names the command to run).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError, TrainConfig, portable_path, resolve_ckpt_dir, same_recipe
+from .fingerprint import model_fingerprint
+
+__all__ = ["MissingRun", "finished", "mismatch", "train_or_reuse"]
+
+
+class MissingRun(ConfigError):
+    """No finished run matches, and the caller asked not to train one."""
+
+
+def _run_key(path: str | Path) -> tuple[str, ...]:
+    """What identifies a run's folder on any machine: its parts after the last ``results``."""
+    parts = Path(path).parts
+    cut = max((i for i, p in enumerate(parts) if p == "results"), default=-1)
+    return tuple(parts[cut + 1 :])
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """``metrics.csv`` as the engine's rows: numbers as floats, ``epoch`` as int."""
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, newline="") as f:
+        for raw in csv.DictReader(f):
+            row = {k: (float(v) if v not in ("", None) else math.nan) for k, v in raw.items()}
+            row["epoch"] = int(row["epoch"])
+            rows.append(row)
+    return rows
+
+
+def _load_weights(cfg: TrainConfig, model: torch.nn.Module, meta: Mapping) -> str | None:
+    """Load the run's final weights into ``model``; where they came from, or None.
+
+    The checkpoint when this machine has it (and it is the run's last epoch), else the weights
+    shipped in ``cocs/weights`` that were exported from this very run (same fingerprint, same
+    results folder, same final accuracy; stored in float16).
+    """
+    path = resolve_ckpt_dir(cfg) / "last.pt"
+    if path.is_file():
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if ckpt.get("fingerprint") == meta["fingerprint"] and ckpt["epoch"] == meta["epochs_done"]:
+            model.load_state_dict(ckpt["model"])
+            return f"checkpoint {portable_path(path)}"
+    from .weights import load_shipped, shipped
+
+    entry = shipped(cfg.model)
+    if (
+        entry is not None
+        and entry["fingerprint"] == meta["fingerprint"]
+        and _run_key(entry["source"]) == _run_key(cfg.out_dir)
+        and entry["metrics"].get("test_acc") == meta["final"]["test_acc"]
+    ):
+        load_shipped(model, cfg.model)
+        return f"shipped float16 weights cocs/weights/{entry['file']}"
+    return None
+
+
+def mismatch(cfg: TrainConfig | Mapping) -> str | None:
+    """Why the files under ``cfg.out_dir`` cannot stand for a run of ``cfg``; None when they
+    can (see :func:`finished`)."""
+    from .config import recipe
+    from .train import create_model
+
+    cfg = TrainConfig.from_dict(cfg)
+    path = Path(cfg.out_dir) / "metrics.json"
+    if not path.is_file():
+        return "no metrics.json there"
+    meta = json.loads(path.read_text())
+    if not (meta.get("complete") or meta.get("diverged")):
+        return f"its run stopped after {meta.get('epochs_done')} of {meta.get('epochs_planned')} epochs"
+    if "recipe" not in meta:
+        return "its metrics.json records no recipe (an older version of the engine wrote it)"
+    if not same_recipe(meta["recipe"], cfg):
+        today = recipe(cfg)
+        changed = [f"{k}: {meta['recipe'].get(k)!r} -> {v!r}" for k, v in today.items()
+                   if k in meta["recipe"] and meta["recipe"][k] != v]  # fmt: skip
+        return f"its recipe differs ({', '.join(changed) or 'settings added since'})"
+    today = model_fingerprint(create_model(cfg, len(meta["classes"])))
+    if meta.get("fingerprint") != today:
+        return f"it trained model {meta.get('fingerprint')}, today's code builds {today}"
+    return None
+
+
+def finished(cfg: TrainConfig | Mapping, *, weights: bool = True) -> dict | None:
+    """The finished run of ``cfg`` from its files, or None when there is none that matches.
+
+    A run matches when its ``metrics.json`` says it completed (or diverged: the engine records
+    that too), its recipe equals ``cfg``'s and its fingerprint is that of the model ``cfg``
+    builds today (:func:`mismatch` says why not). Returns what :func:`cocs.train.train`
+    returns, ``metrics`` read from ``metrics.csv``, with ``reused=True``, the ``environment``
+    it ran in, and, with ``weights``, ``model`` (eval mode) and ``weights`` (where they came
+    from) when the final weights are found (see :func:`_load_weights`), else ``model=None``.
+    ``ema_model`` is None.
+    """
+    from .train import create_model
+
+    cfg = TrainConfig.from_dict(cfg)
+    if mismatch(cfg) is not None:
+        return None
+    out_dir = Path(cfg.out_dir)
+    meta = json.loads((out_dir / "metrics.json").read_text())
+    model = create_model(cfg, len(meta["classes"]))
+    found = None
+    if weights and not meta.get("diverged"):
+        found = _load_weights(cfg, model, meta)
+    return meta | {
+        "metrics": _read_rows(out_dir / "metrics.csv"),
+        "reused": True,
+        "weights": found,
+        "model": model.eval() if found else None,
+        "ema_model": None,
+    }
+
+
+def train_or_reuse(
+    cfg: TrainConfig | Mapping, *, train_missing: bool = True, need_model: bool = True, **callbacks
+) -> dict:
+    """The finished run of ``cfg`` when one matches (and, with ``need_model``, its final weights
+    are found); otherwise :func:`cocs.train.train` (which resumes from a checkpoint), or with
+    ``train_missing=False`` a :class:`MissingRun` error. Prints which, and where it came from.
+    """
+    from .train import train
+
+    cfg = TrainConfig.from_dict(cfg)
+    done = finished(cfg, weights=need_model)
+    if done is not None and (done["model"] is not None or done.get("diverged") or not need_model):
+        env = done["environment"]
+        print(
+            f"{portable_path(cfg.out_dir)}: the finished run of commit "
+            f"{(env.get('git_commit') or '?')[:7]} on {env['hardware']['cpu']} "
+            f"({env['hardware']['torch_threads']} threads), not trained again"
+            + (f"; weights: {done['weights']}" if done["weights"] else "")
+        )
+        return done
+    if not train_missing:
+        why = (
+            "its results match, but its final weights are neither in a checkpoint on this "
+            "machine nor shipped in cocs/weights"
+            if done is not None
+            else f"no finished run there matches today's code: {mismatch(cfg)}"
+        )
+        key = _run_key(cfg.out_dir)
+        chapter = key[0] if key and key[0][:2].isdigit() else "<chapter>"
+        raise MissingRun(
+            f"{portable_path(cfg.out_dir)}: {why}; train it with the chapter's default profile "
+            f"(`python -m cocs.handbook run {chapter}`), or pass train_missing=True."
+        )
+    return train(cfg, **callbacks)

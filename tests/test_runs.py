@@ -1,0 +1,95 @@
+"""Finished runs stand for new ones only while they are what the code would train today."""
+
+import functools
+import shutil
+
+import pytest
+import torch
+
+from cocs import data as D
+from cocs import runs as R
+from cocs import train as T
+from cocs import weights as W
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One finished run of 1 epoch on 24 images of 16x16 px, and its config."""
+    root = tmp_path_factory.mktemp("runs")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("COCS_DATA", str(root / "cache"))
+    mp.setenv("COCS_ARCHIVES", "")
+    tree = D.write_synthetic_folder(root / "tree", per_class={"train": 8, "val": 4})
+    cfg = T.TrainConfig(model="coc_micro", dataset="folder", data_path=str(tree), download=False,
+                        img_size=16, epochs=1, batch_size=8, warmup_epochs=1, num_threads=1,
+                        out_dir=str(root / "results" / "run"), progress=False)  # fmt: skip
+    run = T.train(cfg)
+    yield cfg, run
+    mp.undo()
+
+
+def same_weights(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(),
+                                                strict=True))  # fmt: skip
+
+
+def test_a_finished_run_is_read_back_with_its_weights(trained):
+    cfg, run = trained
+    back = R.finished(cfg)
+    assert back["reused"] and back["weights"].startswith("checkpoint")
+    assert back["final"] == pytest.approx(run["final"], nan_ok=True)
+    assert [r["epoch"] for r in back["metrics"]] == [1]
+    assert back["metrics"][0]["test_acc"] == pytest.approx(run["final"]["test_acc"])
+    assert same_weights(back["model"], run["model"])
+    assert R.finished(cfg, weights=False)["model"] is None
+
+
+def test_another_recipe_or_model_does_not_match(trained):
+    cfg, _ = trained
+    assert R.finished(T.TrainConfig.from_dict(vars(cfg) | {"lr": 1e-2})) is None
+    other = T.TrainConfig.from_dict(vars(cfg) | {"model_kwargs": "use_positions=False"})
+    assert R.finished(other) is None, "another architecture has another fingerprint"
+    gone = T.TrainConfig.from_dict(vars(cfg) | {"out_dir": cfg.out_dir + "-none"})
+    assert R.finished(gone) is None
+
+
+def test_train_or_reuse_trains_nothing_it_has(trained, monkeypatch):
+    cfg, run = trained
+    monkeypatch.setattr(T, "train", lambda *a, **k: pytest.fail("trained again"))
+    assert same_weights(R.train_or_reuse(cfg, train_missing=False)["model"], run["model"])
+    gone = T.TrainConfig.from_dict(vars(cfg) | {"lr": 1e-2})
+    with pytest.raises(R.MissingRun, match=r"no finished run.*recipe differs \(lr: 0.002 -> 0.01"):
+        R.train_or_reuse(gone, train_missing=False)
+    assert R.mismatch(cfg) is None
+    other = T.TrainConfig.from_dict(vars(cfg) | {"model_kwargs": "use_positions=False"})
+    assert R.mismatch(other).startswith("it trained model ")
+    assert (
+        R.mismatch(T.TrainConfig.from_dict(vars(cfg) | {"out_dir": "x"})) == "no metrics.json there"
+    )
+
+
+def test_without_a_checkpoint_the_shipped_weights_of_that_run_are_used(trained, tmp_path,
+                                                                       monkeypatch):  # fmt: skip
+    cfg, run = trained
+    ckpt = T.resolve_ckpt_dir(cfg)
+    moved = tmp_path / "moved"
+    shutil.move(ckpt, moved)
+    try:
+        with pytest.raises(R.MissingRun, match="final weights are neither"):
+            R.train_or_reuse(cfg, train_missing=False)
+        assert R.train_or_reuse(cfg, train_missing=False, need_model=False)["model"] is None
+        folder = tmp_path / "weights"
+        monkeypatch.setattr(W, "shipped", lambda name, _=None: W.manifest(folder).get(name))
+        monkeypatch.setattr(W, "load_shipped", functools.partial(W.load_shipped, folder=folder))
+        W.export(run["model"], cfg.model, metrics={"test_acc": run["final"]["test_acc"]},
+                 source="results/run", folder=folder)  # fmt: skip
+        back = R.finished(cfg)
+        assert back["weights"] == "shipped float16 weights cocs/weights/coc_micro.safetensors"
+        for a, b in zip(back["model"].state_dict().values(), run["model"].state_dict().values(),
+                        strict=True):  # fmt: skip
+            assert torch.allclose(a, b.half().to(a.dtype))
+        W.export(run["model"], cfg.model, metrics={"test_acc": 1.0}, source="results/run",
+                 folder=folder)  # fmt: skip
+        assert R.finished(cfg)["model"] is None, "weights of another run are not these"
+    finally:
+        shutil.move(moved, ckpt)
