@@ -95,7 +95,7 @@ def prepare(build: Path | None = None) -> dict[str, str]:
     chapters = list(_load_profiles().get("book", {}))
     staged = root / "build" / "book-results"
     library = [*root.glob("cocs/*.py"), *root.glob("cocs/*.yaml")]
-    outcomes = {}
+    outcomes, copied = {}, False
     for name in chapters:
         out = build / "book" / f"{name}.ipynb"
         inputs = [notebook_source(name), root / "notebooks" / "profiles.yaml", *library,
@@ -106,9 +106,11 @@ def prepare(build: Path | None = None) -> dict[str, str]:
         if out.is_file() and out.stat().st_mtime >= _newest(inputs):
             outcomes[name] = "book run up to date"
             continue
-        if staged.exists():
-            shutil.rmtree(staged)
-        shutil.copytree(root / "results", staged)
+        if not copied:  # once per call: later chapters may read what earlier ones wrote
+            if staged.exists():
+                shutil.rmtree(staged)
+            shutil.copytree(root / "results", staged)
+            copied = True
         try:
             run_notebook(name, profile="book", results_dir=staged, output=out)
             outcomes[name] = "book run executed"
@@ -328,8 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.prepare:
-        for name, outcome in prepare().items():
-            print(f"{name}: {outcome}")
+        prepare()  # prints what happens to each chapter it executes
         return 0
     try:
         if args.check is None:

@@ -22,8 +22,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from .handbook import build_path, notebook_names, notebook_source, repo_root, write_csv
+from .provenance import cpu_has_native_bf16
 
 __all__ = ["READS", "estimates", "plan", "record_timing", "stale", "timings_file"]
 
@@ -111,6 +113,13 @@ def _clock(minutes: float) -> str:
     )
 
 
+def trains_in_bf16(name: str) -> bool:
+    """Whether chapter ``name``'s default parameters ask for bfloat16 autocast."""
+    from .handbook import parameters_of, read_notebook
+
+    return parameters_of(read_notebook(name)).get("amp") == "bf16"
+
+
 def plan(names: list[str]) -> str:
     """The plan of a run of ``names``: one line per chapter and the total, as text."""
     if not names:
@@ -127,6 +136,14 @@ def plan(names: list[str]) -> str:
         f", plus {unknown} chapter(s) not timed" if unknown else ""
     )
     lines.append(f"total: {total}")
+    bf16 = [n for n in names if trains_in_bf16(n)]
+    if bf16 and not cpu_has_native_bf16():
+        lines.append(
+            f"warning: {', '.join(bf16)} train in bfloat16 autocast, which this CPU "
+            f"({torch.backends.cpu.get_cpu_capability()}) emulates: several times slower than "
+            'the estimates above. Set amp = "off" in their parameters cells for float32 (another '
+            "recipe: committed bfloat16 runs are then trained again)."
+        )
     return "\n".join(lines)
 
 

@@ -292,6 +292,11 @@ for ax, part in zip(axes, (ran[~big], ran[big]), strict=True):
     has = part["paper"].notna()
     ax.plot(part.loc[has, "paper"], y[has.to_numpy()], "s", color="tab:red",
             label="paper (reported): ImageNet-1K, CoC-Small")  # fmt: skip
+    for yi, key in zip(y, part["b"], strict=True):  # a claim in words, e.g. "failed to train"
+        said = paper["ablation_claims"].get(claim_of.get(key, ""), "")
+        if said == "failed to train":
+            ax.annotate(f"paper: {said}", (0, yi), xytext=(4, 6), textcoords="offset points",
+                        color="tab:red", fontsize=8)  # fmt: skip
     ax.axvline(0, color="black", linewidth=0.8)
     if part.empty:  # no paired seed trained: say why instead of an empty panel
         lost = vs_full[(vs_full["b"] == "raw_similarity") & (vs_full["failed_b"] > 0)]
@@ -303,8 +308,9 @@ for ax, part in zip(axes, (ran[~big], ran[big]), strict=True):
     ax.grid(axis="x", alpha=0.3)
     ax.set_xlabel("accuracy change against the full model (points)")
 axes[1].yaxis.tick_right()
+axes[1].set_xlabel("change (points)")
 axes[0].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13))
-fig.suptitle(f"Ablations of coc_cifar: {epochs} epochs on {int(runs['train_images'].iloc[0])} "
+fig.suptitle(f"Ablations of coc_cifar: {epochs} epoch{'s' * (epochs > 1)} on {int(runs['train_images'].iloc[0])} "
              f"images, paired seeds ({hardware}, {threads} threads)")  # fmt: skip
 fig.tight_layout()
 save_figure(fig, out / "ablations.png")

@@ -22,6 +22,8 @@ def repo(tmp_path, monkeypatch):
     monkeypatch.setattr(R, "notebook_source", lambda n: tmp_path / f"{n}.py")
     monkeypatch.setattr(R, "build_path", lambda n, profile="default": tmp_path / f"{n}.ipynb")
     monkeypatch.setattr(R, "READS", {"03_c": ("01_a",)})
+    monkeypatch.setattr(R, "trains_in_bf16", lambda n: n == "02_b")
+    monkeypatch.setattr(R, "cpu_has_native_bf16", lambda: True)
     t = 1_000_000
     for i, p in enumerate([tmp_path / "cocs" / "lib.py", *(tmp_path / f"{n}.py" for n in names)]):
         os.utime(p, (t + i, t + i))
@@ -51,3 +53,15 @@ def test_the_plan_names_each_chapter_with_its_recorded_time(repo):
     assert "01_a" in text and "about 1 h 30 min" in text and "02_b" in text
     assert "no time on record" in text and "total: about 1 h 30 min, plus 1 chapter" in text
     assert R.plan([]).startswith("every chapter's default run is up to date")
+
+
+def test_the_plan_warns_when_this_cpu_would_emulate_bfloat16(repo, monkeypatch):
+    assert "warning" not in R.plan(["01_a", "02_b"])
+    monkeypatch.setattr(R, "cpu_has_native_bf16", lambda: False)
+    text = R.plan(["01_a", "02_b"])
+    assert "warning: 02_b train in bfloat16 autocast, which this CPU" in text
+    assert 'amp = "off"' in text and "warning" not in R.plan(["01_a"])
+
+
+def test_the_chapters_that_train_in_bfloat16_are_read_from_their_parameters():
+    assert R.trains_in_bf16("06_ablations") and not R.trains_in_bf16("01_image_as_points")
