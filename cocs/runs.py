@@ -169,4 +169,9 @@ def train_or_reuse(
             f"{portable_path(cfg.out_dir)}: {why}; train it with the chapter's default profile "
             f"(`python -m cocs.handbook run {chapter}`), or pass train_missing=True."
         )
+    if done is not None:
+        print(
+            f"{portable_path(cfg.out_dir)}: its results match, but its final weights are "
+            "neither in a checkpoint here nor shipped: training it again"
+        )
     return train(cfg, **callbacks)

@@ -78,6 +78,8 @@ def test_without_a_checkpoint_the_shipped_weights_of_that_run_are_used(trained, 
         with pytest.raises(R.MissingRun, match="final weights are neither"):
             R.train_or_reuse(cfg, train_missing=False)
         assert R.train_or_reuse(cfg, train_missing=False, need_model=False)["model"] is None
+        monkeypatch.setattr(T, "train", lambda c, **k: {"trained": c.out_dir})
+        assert R.train_or_reuse(cfg) == {"trained": cfg.out_dir}, "no weights: trained again"
         folder = tmp_path / "weights"
         monkeypatch.setattr(W, "shipped", lambda name, _=None: W.manifest(folder).get(name))
         monkeypatch.setattr(W, "load_shipped", functools.partial(W.load_shipped, folder=folder))
