@@ -404,14 +404,16 @@ def compare(
     """The paired difference of every comparison over the seeds both sides have.
 
     ``correct`` maps (key, seed) to the (N,) booleans of correct test predictions; ``failed``
-    holds the (key, seed) of runs that failed to train, counted in ``failed_a`` and
-    ``failed_b``. A comparison with fewer than two shared seeds gets ``seeds`` < 2 and no
-    interval.
+    holds the (key, seed) of runs that failed to train. ``trained_a``/``trained_b`` and
+    ``failed_a``/``failed_b`` count each side's runs of either kind. A comparison with fewer
+    than two shared seeds gets ``seeds`` < 2 and no interval.
     """
     rows = []
     for c in comparisons:
         seeds = sorted({s for k, s in correct if k == c.a} & {s for k, s in correct if k == c.b})
         row = {"a": c.a, "b": c.b, "question": c.question, "seeds": len(seeds),
+               "trained_a": sum(k == c.a for k, _ in correct),
+               "trained_b": sum(k == c.b for k, _ in correct),
                "failed_a": sum(k == c.a for k, _ in failed),
                "failed_b": sum(k == c.b for k, _ in failed)}  # fmt: skip
         row |= dict.fromkeys(("mean", "low", "high", "se_seed", "se_test", "df", "detectable"))
@@ -444,9 +446,10 @@ def findings(differences: pd.DataFrame, paper: dict) -> pd.DataFrame:
     within +-margin); "reversed": below zero; "no difference detected at this scale": it holds
     zero, and ``detectable`` says how large a difference the study would have found;
     "differs": a difference where the paper expects none; "not run": fewer than 2 paired seeds.
-    When the worse side failed to train in at least two seeds and the better side in none, a
-    claim that ``better`` beats ``worse`` "reproduces" in the strongest form (``note`` says so);
-    any other failure to train is named in ``note`` beside the verdict of the seeds that trained.
+    One verdict needs no interval: when every run of the worse side failed to train (at least
+    two) and every run of the better side trained (at least two), a claim that ``better`` beats
+    ``worse`` "reproduces" in its strongest form (``note`` says so). Any other failure to train
+    is named in ``note`` beside the verdict of the seeds where both sides trained.
     """
     d = differences.set_index(["a", "b"])
     rows = []
@@ -462,10 +465,8 @@ def findings(differences: pd.DataFrame, paper: dict) -> pd.DataFrame:
             rows.append(row | {"verdict": "not run"})
             continue
         r = d.loc[pair]
-        failed = {f.better: 0, f.worse: 0} | {
-            pair[0]: int(r.get("failed_a", 0) or 0),
-            pair[1]: int(r.get("failed_b", 0) or 0),
-        }
+        failed = {pair[0]: int(r["failed_a"]), pair[1]: int(r["failed_b"])}
+        trained = {pair[0]: int(r["trained_a"]), pair[1]: int(r["trained_b"])}
         if any(failed.values()):
             row["note"] = "; ".join(
                 f"{k} failed to train in {n} seed{'s' if n > 1 else ''}"
@@ -475,8 +476,9 @@ def findings(differences: pd.DataFrame, paper: dict) -> pd.DataFrame:
         if (
             f.expect == "better"
             and failed[f.worse] >= 2
+            and trained[f.worse] == 0
+            and trained[f.better] >= 2
             and failed[f.better] == 0
-            and r["seeds"] < 2
         ):
             rows.append(row | {"verdict": "reproduces", "seeds": failed[f.worse]})
             continue

@@ -83,9 +83,10 @@ def _newest(paths) -> float:
 
 def prepare(build: Path | None = None) -> dict[str, str]:
     """Execute the `book` profile of every chapter it lists that has no default run and whose
-    book run is missing or older than its inputs (the chapter, the profiles, the library and
-    the committed results). The runs use `build/book-results/`, a fresh copy of `results/`,
-    so the committed files stay as they are. Returns what happened to each listed chapter."""
+    book run is missing or older than its inputs: the chapter, the profiles, the library, the
+    shipped weights and the committed results. The runs use `build/book-results/`, a fresh copy
+    of `results/`, so the committed files stay as they are. Returns what happened to each
+    listed chapter."""
     from papermill.exceptions import PapermillExecutionError
 
     from .handbook import _load_profiles, run_notebook
@@ -94,7 +95,7 @@ def prepare(build: Path | None = None) -> dict[str, str]:
     build = build if build is not None else root / "build" / "notebooks"
     chapters = list(_load_profiles().get("book", {}))
     staged = root / "build" / "book-results"
-    library = [*root.glob("cocs/*.py"), *root.glob("cocs/*.yaml")]
+    library = [*root.glob("cocs/*.py"), *root.glob("cocs/*.yaml"), *root.glob("cocs/weights/*")]
     outcomes, copied = {}, False
     for name in chapters:
         out = build / "book" / f"{name}.ipynb"

@@ -107,6 +107,6 @@ def _save(obj, path: Path) -> None:
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX). Elsewhere bfloat16
-    autocast is emulated: on an AVX2-only CPU a coc_cifar training step took 8x as long as in
-    float32 (eager and compiled alike)."""
+    autocast is emulated, and a coc_cifar training step takes several times as long as in
+    float32, eager and compiled alike."""
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())

@@ -79,30 +79,44 @@ def _load_weights(cfg: TrainConfig, model: torch.nn.Module, meta: Mapping) -> st
     return None
 
 
-def mismatch(cfg: TrainConfig | Mapping) -> str | None:
-    """Why the files under ``cfg.out_dir`` cannot stand for a run of ``cfg``; None when they
-    can (see :func:`finished`)."""
+def _check(cfg: TrainConfig) -> tuple[str | None, dict | None, torch.nn.Module | None]:
+    """(why the files under ``cfg.out_dir`` cannot stand for a run of ``cfg`` or None, their
+    ``metrics.json``, the model ``cfg`` builds today)."""
     from .config import recipe
     from .train import create_model
 
-    cfg = TrainConfig.from_dict(cfg)
     path = Path(cfg.out_dir) / "metrics.json"
     if not path.is_file():
-        return "no metrics.json there"
+        return "no metrics.json there", None, None
     meta = json.loads(path.read_text())
     if not (meta.get("complete") or meta.get("diverged")):
-        return f"its run stopped after {meta.get('epochs_done')} of {meta.get('epochs_planned')} epochs"
+        done, planned = meta.get("epochs_done"), meta.get("epochs_planned")
+        return f"its run stopped after {done} of {planned} epochs", meta, None
     if "recipe" not in meta:
-        return "its metrics.json records no recipe (an older version of the engine wrote it)"
+        return (
+            "its metrics.json records no recipe (an older version of the engine wrote it)",
+            meta,
+            None,
+        )
     if not same_recipe(meta["recipe"], cfg):
-        today = recipe(cfg)
-        changed = [f"{k}: {meta['recipe'].get(k)!r} -> {v!r}" for k, v in today.items()
+        changed = [f"{k}: {meta['recipe'][k]!r} -> {v!r}" for k, v in recipe(cfg).items()
                    if k in meta["recipe"] and meta["recipe"][k] != v]  # fmt: skip
-        return f"its recipe differs ({', '.join(changed) or 'settings added since'})"
-    today = model_fingerprint(create_model(cfg, len(meta["classes"])))
+        return f"its recipe differs ({', '.join(changed) or 'settings added since'})", meta, None
+    model = create_model(cfg, len(meta["classes"]))
+    today = model_fingerprint(model)
     if meta.get("fingerprint") != today:
-        return f"it trained model {meta.get('fingerprint')}, today's code builds {today}"
-    return None
+        return (
+            f"it trained model {meta.get('fingerprint')}, today's code builds {today}",
+            meta,
+            None,
+        )
+    return None, meta, model
+
+
+def mismatch(cfg: TrainConfig | Mapping) -> str | None:
+    """Why the files under ``cfg.out_dir`` cannot stand for a run of ``cfg``; None when they
+    can (see :func:`finished`)."""
+    return _check(TrainConfig.from_dict(cfg))[0]
 
 
 def finished(cfg: TrainConfig | Mapping, *, weights: bool = True) -> dict | None:
@@ -116,19 +130,15 @@ def finished(cfg: TrainConfig | Mapping, *, weights: bool = True) -> dict | None
     from) when the final weights are found (see :func:`_load_weights`), else ``model=None``.
     ``ema_model`` is None.
     """
-    from .train import create_model
-
     cfg = TrainConfig.from_dict(cfg)
-    if mismatch(cfg) is not None:
+    why, meta, model = _check(cfg)
+    if why is not None:
         return None
-    out_dir = Path(cfg.out_dir)
-    meta = json.loads((out_dir / "metrics.json").read_text())
-    model = create_model(cfg, len(meta["classes"]))
     found = None
     if weights and not meta.get("diverged"):
         found = _load_weights(cfg, model, meta)
     return meta | {
-        "metrics": _read_rows(out_dir / "metrics.csv"),
+        "metrics": _read_rows(Path(cfg.out_dir) / "metrics.csv"),
         "reused": True,
         "weights": found,
         "model": model.eval() if found else None,
@@ -161,7 +171,7 @@ def train_or_reuse(
             "its results match, but its final weights are neither in a checkpoint on this "
             "machine nor shipped in cocs/weights"
             if done is not None
-            else f"no finished run there matches today's code: {mismatch(cfg)}"
+            else f"no finished run there matches today's code: {_check(cfg)[0]}"
         )
         key = _run_key(cfg.out_dir)
         chapter = key[0] if key and key[0][:2].isdigit() else "<chapter>"

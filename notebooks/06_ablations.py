@@ -322,7 +322,9 @@ plt.show()
 # A verdict follows from the interval alone: "reproduces" when it lies on the paper's side of
 # zero (for a claim of no difference: within a point either way), "reversed" when it lies on
 # the other side, "no difference detected at this scale" when it holds zero, with the size of
-# the smallest effect this study could have seen.
+# the smallest effect this study could have seen. One verdict needs no interval: when every run
+# of a variant failed to train (at least two seeds) while every run of the full model trained,
+# the paper's claim that the full model is better "reproduces", and the note says why.
 
 # %%
 verdicts = findings(differences, paper)

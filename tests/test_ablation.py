@@ -201,6 +201,12 @@ def test_a_variant_that_fails_to_train_in_every_seed_loses_its_claim():
     one = compare(correct, failed=[("raw_similarity", 0)])
     f = findings(one, numbers()).set_index("worse")
     assert f.loc["raw_similarity", "verdict"] == "not run", "one failed seed decides nothing"
+    mixed = correct | _outcomes({"full": [80.0, 80.0, 80.0], "raw_similarity": [0, 0, 70.0]})
+    del mixed["raw_similarity", 0], mixed["raw_similarity", 1]  # they failed; seed 2 trained
+    f = findings(compare(mixed, failed=[("raw_similarity", 0), ("raw_similarity", 1)]), numbers())
+    row = f.set_index("worse").loc["raw_similarity"]
+    assert row["verdict"] == "not run", "one seed trained: no longer every run failed"
+    assert row["note"] == "raw_similarity failed to train in 2 seeds"
 
 
 def test_a_divergence_trace_follows_the_run_until_its_loss_is_nan(tmp_path, monkeypatch):
