@@ -174,7 +174,11 @@ class ReleasePointMLP(nn.Module):
 
 
 def hardware_name() -> str:
-    """A file-name-safe description of this machine's processor (or GPU) and thread count."""
+    """A file-name-safe description of this machine's processor (or GPU) and thread count.
+
+    A processor's name is followed by the vector capability torch uses on it (AVX2, AVX512):
+    one model name can cover both kinds, and their timings (and bfloat16 support) differ.
+    Names recorded before it was added lack it (e.g. "amd-epyc-2threads")."""
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()
     else:
@@ -184,7 +188,7 @@ def hardware_name() -> str:
             name = re.search(r"model name\s*:\s*(.+)", cpuinfo).group(1)
         except (OSError, AttributeError):
             pass
-        name = f"{name}-{torch.get_num_threads()}threads"
+        name = f"{name}-{torch.backends.cpu.get_cpu_capability()}-{torch.get_num_threads()}threads"
     return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
 
 
@@ -378,6 +382,7 @@ CASES = (  # (model, image size, batch, also under torch.compile)
     ("coc_tiny_plain", 224, 16, False),
     ("coc_tiny", 224, 16, True),  # compiling takes minutes here
     ("coc_cifar", 32, 128, True),  # a small model, where fusing element-wise operations pays
+    ("pointmlp_elite", 1024, 32, False),  # size: points per shape; against the release's layout
 )
 
 

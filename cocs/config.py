@@ -70,7 +70,7 @@ class TrainConfig:
     sched_on_steps: bool = True  # update the learning rate every step (else every epoch)
     clip_grad: float = 0.0  # max gradient norm; 0: off
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0: off
-    amp: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU), bf16, fp16 or off
+    amp: str = "auto"  # auto (bf16 if native, else fp16 on CUDA, off on CPU), bf16, fp16, off
     torch_compile: bool = False  # torch.compile the model for training steps (slow first steps)
     # run
     seed: int = 0  # initial weights, data order and augmentation

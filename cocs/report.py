@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from .handbook import atomic_write_text
+from .runs import autocast_of
 
 __all__ = ["BEGIN", "END", "SECTIONS", "readme_block", "render", "stale_results", "update_readme"]
 
@@ -54,6 +55,12 @@ def _family(results: Path) -> str | None:
     )
 
 
+def _trained_on(df: pd.DataFrame) -> str:
+    """The machines a chapter's runs trained on (its ``hardware`` and ``threads`` columns)."""
+    pairs = df[["hardware", "threads"]].drop_duplicates().itertuples(index=False)
+    return "; ".join(f"{h}, {t} threads" for h, t in pairs)
+
+
 def _cifar(results: Path) -> str | None:
     path = results / "04_cifar10" / "comparison.csv"
     if not path.is_file():
@@ -73,7 +80,7 @@ def _cifar(results: Path) -> str | None:
             "wall (min)": df["wall_minutes"],
         }
     )
-    where = f"{df['hardware'].iloc[0]}, {df['threads'].iloc[0]} threads"
+    where = _trained_on(df)
     budget = (
         f"{df['budget_minutes'].iloc[0]:g} minutes per model"
         if "budget_minutes" in df and df["budget_minutes"].iloc[0] > 0
@@ -88,21 +95,6 @@ def _cifar(results: Path) -> str | None:
         _md(shown, 1)
         + f"\n\nSame recipe and budget ({budget}{_how_trained(results, df)}); {where}.{tta}"
     )
-
-
-def _autocast(meta: dict) -> str:
-    """The autocast dtype a run trained in ("off", "bfloat16", "float16"), from its metrics.json.
-
-    The engine records the dtype it resolved; files written before it did give only the
-    config's ``amp``, whose "auto" means float32 on a CPU.
-    """
-    if "autocast" in meta:
-        return meta["autocast"]
-    amp = meta["config"].get("amp", "off")
-    device = meta.get("environment", {}).get("hardware", {}).get("device", "cpu")
-    if amp == "auto" and device == "cpu":
-        return "off"
-    return {"bf16": "bfloat16", "fp16": "float16", "off": "off"}.get(amp, f"amp {amp}")
 
 
 def _crop(meta: dict) -> str:
@@ -123,7 +115,7 @@ def _how_trained(results: Path, df: pd.DataFrame) -> str:
             return ""
         metas.append(json.loads(path.read_text()))
     crops = {_crop(m) for m in metas}
-    dtypes = {_autocast(m) for m in metas}
+    dtypes = {autocast_of(m) for m in metas}
     compiled = {bool(m["config"].get("torch_compile", False)) for m in metas}
     if len(crops) > 1 or len(dtypes) > 1 or len(compiled) > 1:
         raise ValueError(
@@ -153,7 +145,7 @@ def _imagenette(results: Path) -> str | None:
             "wall (min)": df["wall_minutes"],
         }
     )
-    return _md(shown, 1) + f"\n\n{df['hardware'].iloc[0]}, {df['threads'].iloc[0]} threads."
+    return _md(shown, 1) + f"\n\nTrained on {_trained_on(df)}."
 
 
 def _interval(row: pd.Series) -> str:
@@ -247,8 +239,8 @@ def _points(results: Path) -> str | None:
         }
     )
     note = (
-        f"\n\nModelNet40 test split ({runs['hardware'].iloc[0]}, {runs['threads'].iloc[0]} "
-        "threads), equal wall-clock budgets per run."
+        f"\n\nModelNet40 test split; trained on {_trained_on(runs)}; equal wall-clock "
+        "budgets per run."
     )
     return shown.to_markdown(index=False) + note
 

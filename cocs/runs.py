@@ -25,7 +25,7 @@ import torch
 from .config import ConfigError, TrainConfig, portable_path, resolve_ckpt_dir, same_recipe
 from .fingerprint import model_fingerprint
 
-__all__ = ["MissingRun", "finished", "mismatch", "train_or_reuse"]
+__all__ = ["MissingRun", "autocast_of", "finished", "mismatch", "train_or_reuse", "trained_on"]
 
 
 class MissingRun(ConfigError):
@@ -185,3 +185,33 @@ def train_or_reuse(
             "neither in a checkpoint here nor shipped: training it again"
         )
     return train(cfg, **callbacks)
+
+
+def autocast_of(meta: Mapping) -> str:
+    """The autocast dtype a run trained in ("off", "bfloat16", "float16"), from its record.
+
+    The engine records the dtype it resolved; files written before it did give only the
+    config's ``amp``, whose "auto" meant float32 on a CPU when they were written.
+    """
+    if "autocast" in meta:
+        return meta["autocast"]
+    amp = meta["config"].get("amp", "off")
+    device = meta.get("environment", {}).get("hardware", {}).get("device", "cpu")
+    if amp == "auto" and str(device).startswith("cpu"):
+        return "off"
+    return {"bf16": "bfloat16", "fp16": "float16", "off": "off"}.get(amp, f"amp {amp}")
+
+
+def trained_on(run: Mapping) -> dict:
+    """Where and how a run trained, from its record: ``hardware`` (the GPU, or the processor
+    with its vector capability where recorded, e.g. "AMD EPYC (AVX2)"), ``threads`` and
+    ``autocast``. A chapter's tables take them from here, not from the machine executing the
+    chapter: a reused run may have trained on another one.
+    """
+    hw = run.get("environment", {}).get("hardware", {})
+    if str(hw.get("device") or "cpu").startswith("cuda") and hw.get("gpus"):
+        name = hw["gpus"][0]
+    else:
+        name = hw.get("cpu") or "unrecorded CPU"
+        name += f" ({hw['cpu_capability']})" if hw.get("cpu_capability") else ""
+    return {"hardware": name, "threads": hw.get("torch_threads"), "autocast": autocast_of(run)}

@@ -277,6 +277,11 @@ def _resolve_device(cfg: TrainConfig, local_rank: int) -> torch.device:
 
 
 def _resolve_amp(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a run, None for float32. ``auto`` takes the fastest one this
+    device executes natively: bfloat16 on CUDA that supports it (else float16) and on a CPU
+    with AVX512-BF16 or AMX; float32 on any other CPU, where bfloat16 would be emulated."""
+    if cfg.amp == "auto" and device.type == "cpu":
+        return torch.bfloat16 if cpu_has_native_bf16() else None
     if cfg.amp == "off" or (cfg.amp == "auto" and device.type != "cuda"):
         return None
     if cfg.amp == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
@@ -773,6 +778,7 @@ def _train(
         "test_images": len(bundle.test),
         "data_source": portable_source(bundle.source),
         "autocast": {torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(amp_dtype, "off"),
+        "environment": env,
         "world_size": world,
         "out_dir": portable_path(out_dir),
         "ckpt_path": portable_path(last_path),

@@ -60,7 +60,7 @@ img_size = 32
 max_per_class = 0  # training images per class; 0: all 5000
 max_test_per_class = 0  # test images per class; 0: all 1000
 num_threads = 0  # torch CPU threads; 0: all cores
-amp = "bf16"  # autocast dtype: bf16, fp16 (CUDA only), off, or auto (off on a CPU); see below
+amp = "auto"  # autocast: auto (bf16 where the CPU or GPU has it natively), bf16, fp16, off
 torch_compile = True  # torch.compile the training steps (compiling takes a minute or two per model)
 eval_flip = True  # also test each finished model with flip test-time augmentation (see below)
 models = "coc_cifar,resnet_cifar,vit_cifar"
@@ -86,7 +86,7 @@ import cocs
 from cocs.bench import hardware_name
 from cocs.handbook import atomic_write_text, results_path, save_figure, write_csv
 from cocs.paper import table
-from cocs.runs import train_or_reuse
+from cocs.runs import train_or_reuse, trained_on
 from cocs.stats import paired_difference
 from cocs.train import TrainConfig, portable_path
 from cocs.weights import WEIGHTS_DIR, export
@@ -154,11 +154,12 @@ sizes[["params_m", "macs_m"]].round(2)
 # differ. The engine writes a metrics row per epoch and a checkpoint, so an interrupted run
 # resumes, and a finished one is reloaded without training.
 #
-# Two settings buy epochs on a CPU, for every model alike. `amp = "bf16"` runs matrix
-# products and convolutions in bfloat16 (autocast), which CPUs with native bfloat16
-# instructions (AVX512-BF16 or AMX, as on recent Xeon and EPYC) execute faster; on a CPU
-# without them bfloat16 is emulated and slower, so set `amp = "off"` there (the budget below
-# measures whichever you choose, so the two hours hold either way, only the epochs differ).
+# Two settings buy epochs on a CPU, for every model alike. `amp = "auto"` runs matrix
+# products and convolutions in bfloat16 (autocast) where the processor executes bfloat16
+# natively (AVX512-BF16 or AMX, as on recent Xeon and EPYC, and GPUs), and in float32
+# elsewhere, where bfloat16 would be emulated and several times slower (most laptops). The
+# budget below measures whichever precision the machine gets, so the two hours hold either
+# way; only the epochs differ, and the table says which precision each run trained in.
 # `torch_compile = True` compiles each model's training step with `torch.compile`, which fuses
 # element-wise work; compiling takes a minute or two per model, counted in its budget.
 #
@@ -217,6 +218,10 @@ if "coc_cifar" in runs:  # what equal epochs would have cost, from the epochs ea
                   f"{ratio:.1f} times coc_cifar's time")  # fmt: skip
 rows = metrics.groupby("model").size()
 assert all(rows[name] == runs[name]["epochs_planned"] for name in runs), rows
+# where each run trained (a reused run may come from another machine), from its record
+trained_where = "; ".join(
+    sorted({f"{w['hardware']}, {w['threads']} threads" for w in map(trained_on, runs.values())})
+)
 assert metrics["train_loss"].notna().all() and metrics["test_acc"].between(0, 100).all()
 
 # %% [markdown]
@@ -263,7 +268,7 @@ for ax in (ax_loss, ax_acc):
     ax.grid(alpha=0.3)
     ax.legend()
 fig.suptitle(
-    f"Same recipe for all ({budget}, batch {batch_size}); {hardware}, threads: {threads}"
+    f"Same recipe for all ({budget}, batch {batch_size}); trained on {trained_where}"
 )
 fig.tight_layout()
 save_figure(fig, out / "curves.png")
@@ -331,15 +336,15 @@ comparison = pd.DataFrame(
             "budget_minutes": 0.0 if epochs else budget_minutes,
             "train_images": r["train_images"],
             "test_images": r["test_images"],
-            "threads": threads,
-            "hardware": hardware,
+            **trained_on(r),  # hardware, threads and autocast of the training, from its record
+            "infer_hardware": f"{hardware}, {threads} threads",  # this machine: infer_img_s
         }
         for name, r in runs.items()
     ]
 )
 assert (comparison["test_acc_best"] >= comparison["test_acc_final"]).all()
 write_csv(comparison, out / "comparison.csv")
-shown = comparison.drop(columns=["params", "hardware", "threads"]).round(2)
+shown = comparison.drop(columns=["params", "hardware", "threads", "infer_hardware"]).round(2)
 shown
 
 # %% [markdown]
@@ -388,7 +393,7 @@ if "coc_cifar" in runs:
     verdict = (
         f"coc_cifar reached {single:.2f}% test accuracy on single images{with_flip} "
         f"({runs['coc_cifar']['epochs_done']} epochs): the {TARGET:.0f}% target was {outcome} "
-        f"(training images: {runs['coc_cifar']['train_images']}, threads: {threads})."
+        f"(training images: {runs['coc_cifar']['train_images']})."
     )
 else:
     verdict = "coc_cifar was not among the models trained; no verdict on the target."
@@ -396,11 +401,13 @@ notebook_minutes = (time.perf_counter() - started) / 60
 print(verdict)
 print(f"this execution of the notebook: {notebook_minutes:.1f} minutes")
 text = (
-    f"# CIFAR-10: this run\n\nHardware: {hardware}, {threads} torch threads. "
+    f"# CIFAR-10: this run\n\nTrained on {trained_where}; inference timed on {hardware}, "
+    f"{threads} threads. "
     f"Recipe: {budget}, batch {batch_size}, AdamW lr {lr}, weight decay {weight_decay}, "
     f"warm-up {warmup_epochs}, label smoothing {label_smoothing}, drop path {drop_path}, "
     f"crop pad {img_size // 8 if crop_pad == -1 else crop_pad} px, "
-    f"RandAugment {randaugment or 'off'}, mixup {mixup}, cutmix {cutmix}, amp {amp}, "
+    f"RandAugment {randaugment or 'off'}, mixup {mixup}, cutmix {cutmix}, "
+    f"amp {amp!r} (the autocast of each model in the table), "
     f"torch.compile {'on' if torch_compile else 'off'}.\n\n"
     f"{verdict}\n\n"
     + (f"Over their time budget: {', '.join(over_budget)}.\n\n" if over_budget else "")

@@ -31,7 +31,10 @@
 # run is reloaded, not redone. It writes, under `results/05_imagenette/`:
 #
 # - `metrics.csv` and `metrics.json`: one row per epoch, config, environment;
-# - `summary.csv`: final and best validation accuracy, size, cost, speed, wall time;
+# - `summary.csv`: final and best validation accuracy, size, cost, speed, wall time, and
+#   where each model trained;
+# - `peer_difference.csv`: the Context Cluster minus its ResNet peer, image by image, with a
+#   95% interval and what it allows one to say;
 # - `checkpoints.csv`: the checkpoint of every epoch (in the git-ignored `checkpoints/` folder);
 # - `curves.png`: training loss, validation accuracy and learning rate against epochs.
 
@@ -73,7 +76,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import cocs
 from cocs.bench import hardware_name
 from cocs.handbook import repo_root, results_path, save_figure, write_csv
-from cocs.runs import train_or_reuse
+from cocs.runs import train_or_reuse, trained_on
 from cocs.stats import paired_difference
 from cocs.train import TrainConfig, portable_path, resolve_ckpt_dir
 from cocs.weights import WEIGHTS_DIR, export
@@ -161,7 +164,9 @@ for ax in axes:
     ax.grid(alpha=0.3)
 for ax in axes[:2]:
     ax.legend()
-fig.suptitle(f"{model} on Imagenette at {img_size}px; {hardware}, threads: {threads}")
+where = trained_on(run)  # a reused run may have trained on another machine than this one
+fig.suptitle(f"{model} on Imagenette at {img_size}px; trained on {where['hardware']}, "
+             f"{where['threads']} threads, autocast {where['autocast']}")  # fmt: skip
 fig.tight_layout()
 save_figure(fig, out / "curves.png")
 plt.show()
@@ -246,8 +251,8 @@ summary = pd.DataFrame(
             "infer_img_s": len(batch) / statistics.median(seconds),
             "train_images": run["train_images"],
             "val_images": run["test_images"],
-            "threads": threads,
-            "hardware": hardware,
+            **trained_on(run),  # hardware, threads and autocast of the training, from its record
+            "infer_hardware": f"{hardware}, {threads} threads",  # this machine: infer_img_s
         }
     ]
 )
@@ -257,7 +262,7 @@ print(
     f"{model} at {img_size}px: {final:.2f}% validation top-1 after epoch {epochs}; the "
     f"{TARGET:.0f}% target was {'MET' if final >= TARGET else 'NOT met'}."
 )
-summary.drop(columns=["hardware"]).round(2)
+summary.drop(columns=["hardware", "infer_hardware"]).round(2)
 
 # %% [markdown]
 # ## A ResNet peer at the same budget
@@ -289,7 +294,7 @@ if peer:
         "wall_minutes": peer_metrics["epoch_seconds"].sum() / 60,
         "train_img_s": peer_metrics["images_per_s"].median(), "infer_img_s": float("nan"),
         "train_images": peer_run["train_images"], "val_images": peer_run["test_images"],
-        "threads": threads, "hardware": hardware,
+        **trained_on(peer_run), "infer_hardware": "",
     }])], ignore_index=True)  # fmt: skip
     write_csv(summary, out / "summary.csv")
     outcomes = {}
@@ -299,6 +304,17 @@ if peer:
     d = paired_difference(outcomes[model], outcomes[peer], allow_one_seed=True)
     print(f"{model} minus {peer}: {d.mean:+.2f} points [{d.low:+.2f}, {d.high:+.2f}] "
           "(validation set's variation only, one seed)")  # fmt: skip
+    if d.low > 0 or d.high < 0:
+        peer_verdict = (f"{model} is {'ahead of' if d.low > 0 else 'behind'} {peer} on these "
+                        "validation images, beyond their sampling variation")  # fmt: skip
+    else:
+        peer_verdict = f"{model} and {peer} cannot be told apart on these validation images"
+    peer_verdict += ("; with one seed each, how much of it another seed would change is not "
+                     "measured, so this is no verdict on the architectures")  # fmt: skip
+    print(peer_verdict)
+    write_csv(pd.DataFrame([{"model": model, "peer": peer, "difference": d.mean, "low": d.low,
+                             "high": d.high, "seeds": 1, "verdict": peer_verdict}]),
+              out / "peer_difference.csv")  # fmt: skip
     display(summary[["model", "val_top1_final", "params", "epochs", "wall_minutes"]].round(2))
 
 # %% [markdown]

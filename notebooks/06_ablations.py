@@ -30,9 +30,11 @@
 # the centres iteratively gains very little for a large cost, which is why they are fixed.
 #
 # **The design.** Every variant is `coc_cifar` with one choice changed, trained by the engine
-# of chapter 4 (`cocs.train.train`) with chapter 4's recipe (bfloat16 autocast, compiled
-# training steps, 1 px crops and flips) for a fixed number of epochs on all 50 000 training
-# images, and tested on all 10 000 test images. Runs are *paired*: for each seed, the full model
+# of chapter 4 (`cocs.train.train`) with chapter 4's recipe (compiled training steps, 1 px
+# crops and flips) in bfloat16 autocast, which chapter 4 uses where the CPU has it natively and
+# which the study fixes (`amp = "bf16"`) so that all its runs, whichever machine trained them,
+# share one precision. Each trains for a fixed number of epochs on all 50 000 training
+# images and is tested on all 10 000 test images. Runs are *paired*: for each seed, the full model
 # and every variant share the seed, the order of the images, their augmentation and, wherever
 # the shapes agree, the initial weights. The variants are listed in `cocs.ablation.ABLATIONS`;
 # the paper's three table rows get three seeds, the rest two. Finished runs whose model

@@ -50,7 +50,7 @@ warmup_epochs = 1  # the engine plans the epochs after a warm-up epoch
 label_smoothing = 0.2
 clip_grad = 1.0
 drop_path = 0.0
-amp = "bf16"  # autocast dtype: bf16, or off where a CPU lacks bfloat16 support
+amp = "auto"  # autocast: auto (bf16 where the CPU or GPU has it natively, else off), bf16, off
 anchors = 1024  # the points PointMLP's stages halve (1024: the release; smaller: quicker)
 max_per_class = 0  # training shapes per class; 0: all
 max_test_per_class = 0  # test shapes per class; 0: all
@@ -73,7 +73,7 @@ from cocs.handbook import results_path, save_figure, write_csv
 from cocs.modelnet import load_modelnet40
 from cocs.paper import numbers
 from cocs.pointsets import farthest_point_sample, gather, knn
-from cocs.runs import train_or_reuse
+from cocs.runs import train_or_reuse, trained_on
 from cocs.setmodel import SetCluster
 from cocs.stats import class_accuracies, paired_difference
 from cocs.train import TrainConfig
@@ -171,11 +171,11 @@ for name in names:
             "model": name, "seed": seed, "oa": run["final"]["test_acc"],
             "macc": float(np.nanmean(per_class)), "epochs": run["epochs_done"],
             "minutes": sum(r["epoch_seconds"] for r in run["metrics"]) / 60,
-            "params": run["params"], "fingerprint": run["fingerprint"],
+            "params": run["params"], "fingerprint": run["fingerprint"], **trained_on(run),
         })  # fmt: skip
         print(f"{name:<20} seed {seed}: OA {rows[-1]['oa']:.2f}%, mAcc {rows[-1]['macc']:.2f}% "
               f"after {run['epochs_done']} epochs in {rows[-1]['minutes']:.1f} min")  # fmt: skip
-runs = pd.DataFrame(rows).assign(hardware=hardware, threads=threads)
+runs = pd.DataFrame(rows)
 write_csv(runs, out / "runs.csv")
 
 # %% [markdown]

@@ -42,6 +42,23 @@ def test_a_finished_run_is_read_back_with_its_weights(trained):
     assert back["metrics"][0]["test_acc"] == pytest.approx(run["final"]["test_acc"])
     assert same_weights(back["model"], run["model"])
     assert R.finished(cfg, weights=False)["model"] is None
+    # where it trained comes from its record, the same for the fresh and the reused run
+    assert R.trained_on(back) == R.trained_on(run) != {}
+    assert R.trained_on(run)["threads"] == 1 and R.trained_on(run)["autocast"] == run["autocast"]
+
+
+def test_where_a_run_trained_is_read_from_its_record_not_from_this_machine():
+    hardware = {"cpu": "AMD EPYC", "cpu_capability": "AVX2", "torch_threads": 2, "device": "cpu"}
+    run = {"config": {"amp": "auto"}, "autocast": "off", "environment": {"hardware": hardware}}
+    assert R.trained_on(run) == {"hardware": "AMD EPYC (AVX2)", "threads": 2, "autocast": "off"}
+    older = {"cpu": "AMD EPYC", "torch_threads": 2, "device": "cpu"}  # before capability
+    run = {"config": {"amp": "auto"}, "environment": {"hardware": older}}
+    assert R.trained_on(run) == {"hardware": "AMD EPYC", "threads": 2, "autocast": "off"}
+    gpu = {"cpu": "x", "torch_threads": 8, "device": "cuda:0", "gpus": ["NVIDIA H200"]}
+    run = {"config": {"amp": "auto"}, "autocast": "bfloat16", "environment": {"hardware": gpu}}
+    assert R.trained_on(run) == {"hardware": "NVIDIA H200", "threads": 8, "autocast": "bfloat16"}
+    run = {"config": {"amp": "bf16"}, "environment": {"hardware": older}}  # no autocast field
+    assert R.trained_on(run)["autocast"] == "bfloat16"
 
 
 def test_another_recipe_or_model_does_not_match(trained):

@@ -299,7 +299,8 @@ def test_stop_after_epochs_files_and_reloading_a_checkpoint(tree, tmp_path):
     assert part["epochs_done"] == 1 and not part["complete"]
     meta = json.loads((tmp_path / "results" / "run" / "metrics.json").read_text())
     assert meta["complete"] is False and meta["config"]["stop_after_epochs"] == 1
-    assert meta["autocast"] == "off", "amp='auto' trains in float32 on a CPU"
+    native = "bfloat16" if T.cpu_has_native_bf16() else "off"
+    assert meta["autocast"] == native, "amp='auto' on a CPU: bfloat16 only where it is native"
     assert (
         "git_commit" in meta["environment"]
         and meta["environment"]["versions"]["torch"] == torch.__version__
@@ -543,6 +544,17 @@ def test_bf16_on_a_cpu_without_native_support_warns_and_names_the_way_out(monkey
         assert T._resolve_amp(cfg, torch.device("cpu")) == torch.bfloat16
     hardware = T.environment_info()["hardware"]
     assert hardware["cpu_capability"] and isinstance(hardware["cpu_bf16"], bool)
+
+
+def test_auto_precision_on_a_cpu_is_bfloat16_only_where_the_cpu_has_it(monkeypatch):
+    cfg = T.TrainConfig(amp="auto")
+    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: False)
+    assert T._resolve_amp(cfg, torch.device("cpu")) is None, "float32: no emulated bfloat16"
+    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert T._resolve_amp(cfg, torch.device("cpu")) == torch.bfloat16
+    assert T._resolve_amp(T.TrainConfig(amp="off"), torch.device("cpu")) is None
 
 
 def test_a_run_trains_in_bfloat16_autocast_on_the_cpu(tree, tmp_path):

@@ -101,9 +101,9 @@ metrics[["epoch", "lr", "train_loss", "train_acc", "test_acc", "epoch_seconds"]]
 # show first: a loss that does not fall points to a bug, not to the model. The test accuracy
 # on 100 images after so little training is noise around chance (10%), and a run this short
 # cannot say which architecture is better; that takes the chapter's budget of many epochs.
-# `amp = "off"` trains in float32: on a CPU without native bfloat16 instructions, emulated
-# bfloat16 would be slower, not faster. (With `amp = "auto"`, the engine's default, a CPU
-# trains in float32 too.)
+# `amp = "off"` trains in float32 on every machine, so that the expected outcome is the same
+# everywhere. (`amp = "auto"`, the engine's default, would train in bfloat16 only on a CPU
+# with native bfloat16 instructions, and in float32 on any other.)
 
 # %%
 assert run["complete"] and len(metrics) == epochs == run["epochs_done"]
