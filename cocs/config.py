@@ -82,6 +82,7 @@ class TrainConfig:
     resume: bool = True  # continue from ckpt_dir/last.pt when it exists
     keep_epoch_ckpts: bool = False  # also keep epoch_NNN.pt (weights only) for later analysis
     save_predictions: bool = False  # write each test image's label and prediction (.npz)
+    save_weights: bool = False  # write the final weights in float16 beside metrics.json
     stop_after_epochs: int = 0  # stop this call after so many epochs (resume later); 0: run all
     progress: bool = True  # progress bars
 
@@ -289,6 +290,7 @@ RUN_ONLY_KEYS = frozenset(
         "download",
         "data_path",
         "save_predictions",
+        "save_weights",
         "eval_every",
     }
 )

@@ -2,7 +2,9 @@
 
 A chapter that has trained a model keeps its files under ``results/`` (``metrics.json``,
 ``metrics.csv``, predictions), and they are committed; the checkpoints stay on the machine
-that trained, and a chapter may export the final weights into ``cocs/weights``. A later
+that trained, and a chapter may export the final weights into ``cocs/weights`` or keep them,
+in float16, beside the run's results (``save_weights``: a study whose runs need their models
+can then span machines). A later
 execution of the chapter, on any machine, can stand on that run instead of training it again,
 but only while the run is what the code would train today: the same model fingerprint
 (:func:`cocs.fingerprint.model_fingerprint`) and the same recipe (:func:`cocs.config.recipe`).
@@ -57,7 +59,8 @@ def _load_weights(cfg: TrainConfig, model: torch.nn.Module, meta: Mapping) -> st
 
     The checkpoint when this machine has it (and it is the run's last epoch), else the weights
     shipped in ``cocs/weights`` that were exported from this very run (same fingerprint, same
-    results folder, same final accuracy; stored in float16).
+    results folder, same final accuracy; stored in float16), else the float16 copy the engine
+    wrote beside the run's results (``save_weights``; its SHA-256 is checked).
     """
     path = resolve_ckpt_dir(cfg) / "last.pt"
     if path.is_file():
@@ -65,7 +68,7 @@ def _load_weights(cfg: TrainConfig, model: torch.nn.Module, meta: Mapping) -> st
         if ckpt.get("fingerprint") == meta["fingerprint"] and ckpt["epoch"] == meta["epochs_done"]:
             model.load_state_dict(ckpt["model"])
             return f"checkpoint {portable_path(path)}"
-    from .weights import load_shipped, shipped
+    from .weights import load_float16, load_shipped, shipped
 
     entry = shipped(cfg.model)
     if (
@@ -76,6 +79,10 @@ def _load_weights(cfg: TrainConfig, model: torch.nn.Module, meta: Mapping) -> st
     ):
         load_shipped(model, cfg.model)
         return f"shipped float16 weights cocs/weights/{entry['file']}"
+    kept = meta.get("final_weights")  # written with save_weights, committed with the results
+    if kept and (Path(cfg.out_dir) / kept["file"]).is_file():
+        load_float16(model, Path(cfg.out_dir) / kept["file"], kept["sha256"])
+        return f"the run's float16 weights {portable_path(Path(cfg.out_dir) / kept['file'])}"
     return None
 
 

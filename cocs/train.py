@@ -358,6 +358,9 @@ def load_trained(
 # shared CPU vary by a few per cent from one to the next.
 PLAN_MARGIN = 1.05
 
+# With ``save_weights``, a finished run's final weights, in float16 beside its metrics.json.
+FINAL_WEIGHTS = "weights.safetensors"
+
 
 def plan_epochs(
     done: int, spent_seconds: float, epoch_seconds: float, budget_seconds: float
@@ -396,7 +399,9 @@ def train(
     test-time augmentation, else None), ``epochs_done``, ``epochs_planned`` (``epochs``, or
     under a time budget the last plan), ``complete``, ``classes``, ``params``,
     ``autocast`` (the dtype training ran in: "off", "bfloat16" or "float16"), ``out_dir``,
-    ``ckpt_path``, ``model`` (unwrapped, eval mode) and ``ema_model`` (or None).
+    ``ckpt_path``, ``final_weights`` (with ``save_weights``: the file of the final weights in
+    ``out_dir`` and its SHA-256, else None), ``model`` (unwrapped, eval mode) and ``ema_model``
+    (or None).
     ``<out_dir>/metrics.json`` holds the same, without the metrics rows and the models, plus the
     environment and the number of unreadable images skipped.
     """
@@ -756,6 +761,12 @@ def _train(
                 np.savez_compressed(f, **outcomes)
 
         _write_atomic(out_dir / "predictions.npz", write)
+    final_weights = None
+    if cfg.save_weights and complete and is_main:  # committed with the results: a later
+        from .weights import save_float16  # execution elsewhere reuses the run with its model
+
+        final_weights = {"file": FINAL_WEIGHTS, "dtype": "float16",
+                         "sha256": save_float16(model, out_dir / FINAL_WEIGHTS)}  # fmt: skip
     config = asdict(cfg)
     for key in ("out_dir", "ckpt_dir", "data_path"):
         config[key] = portable_path(config[key])
@@ -782,6 +793,7 @@ def _train(
         "world_size": world,
         "out_dir": portable_path(out_dir),
         "ckpt_path": portable_path(last_path),
+        "final_weights": final_weights,
     }
     if world > 1:
         result["rank_weight_max_diff"] = _max_weight_diff(model)

@@ -20,7 +20,15 @@ from torch import nn
 
 from .fingerprint import model_fingerprint
 
-__all__ = ["WEIGHTS_DIR", "export", "load_shipped", "manifest", "shipped"]
+__all__ = [
+    "WEIGHTS_DIR",
+    "export",
+    "load_float16",
+    "load_shipped",
+    "manifest",
+    "save_float16",
+    "shipped",
+]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MANIFEST = "manifest.json"
@@ -45,6 +53,36 @@ def shipped(name: str, folder: str | os.PathLike = WEIGHTS_DIR) -> dict | None:
     return manifest(folder).get(name)
 
 
+def save_float16(model: nn.Module, path: str | os.PathLike) -> str:
+    """Write ``model``'s weights to ``path`` (safetensors) in float16, atomically; their SHA-256."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    state = {
+        k: (v.half() if v.is_floating_point() else v).contiguous().cpu()
+        for k, v in model.state_dict().items()
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp))
+    os.replace(tmp, path)
+    return _sha256(path)
+
+
+def load_float16(model: nn.Module, path: str | os.PathLike, sha256: str) -> nn.Module:
+    """Load weights that :func:`save_float16` wrote into ``model`` (float16 -> the model's dtype),
+    after checking the file against ``sha256``."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file() or _sha256(path) != sha256:
+        raise ValueError(
+            f"{path} is missing or does not match its recorded SHA-256 {sha256[:12]}...; restore "
+            "it with `git checkout` or train its run again"
+        )
+    model.load_state_dict(load_file(str(path)), strict=True)
+    return model
+
+
 def export(
     model: nn.Module,
     name: str,
@@ -62,21 +100,12 @@ def export(
         source: where it was trained: the results folder, relative to the repository.
     Returns the manifest entry.
     """
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {
-        k: (v.half() if v.is_floating_point() else v).contiguous().cpu()
-        for k, v in model.state_dict().items()
-    }
     path = folder / f"{name}.safetensors"
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
     entry = {
         "file": path.name,
-        "sha256": _sha256(path),
+        "sha256": save_float16(model, path),
         "fingerprint": model_fingerprint(model),
         "num_classes": int(getattr(model, "num_classes", 0)),
         "dtype": "float16",

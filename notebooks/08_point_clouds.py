@@ -31,7 +31,9 @@
 # blocks on a point set. Each run gets the same CPU time. It writes, under
 # `results/08_point_clouds/`:
 #
-# - `<model>/seed<N>/metrics.csv`, `metrics.json`, `predictions.npz`: every run;
+# - `<model>/seed<N>/metrics.csv`, `metrics.json`, `predictions.npz`, `weights.safetensors`
+#   (the final weights in float16, so that the chapter reuses the run on another machine):
+#   every run;
 # - `runs.csv`, `summary.csv`: overall and mean class accuracy per run and per model;
 # - `per_class.csv`: per-class accuracy of the best model;
 # - `shapes.png`, `grouping.png`, `cluster_maps.png`: shapes, grouping, and clusters in 3-D.
@@ -158,7 +160,7 @@ for name in names:
     for seed in range(seeds_of(name)):
         cfg = TrainConfig.from_namespace(
             globals(), model=name, model_kwargs=kwargs, dataset="modelnet40", epochs=0,
-            seed=seed, save_predictions=True, out_dir=str(out / name / f"seed{seed}"),
+            seed=seed, save_predictions=True, save_weights=True, out_dir=str(out / name / f"seed{seed}"),
             progress=False,
         )  # fmt: skip
         run = train_or_reuse(cfg, train_missing=train_missing)

@@ -32,7 +32,8 @@
 # budget; void pixels count nowhere. It writes, under `results/09_dense_prediction/`:
 #
 # - `<run>/metrics.csv`, `metrics.json`, `predictions.npz` (each test image's confusion
-#   matrix);
+#   matrix), `weights.safetensors` (the final weights in float16, so that the chapter reuses
+#   the run, model included, on another machine);
 # - `runs.csv`: mean IoU and pixel accuracy per run; `per_class.csv`: IoU of every class;
 # - `predictions.png`: images, ground truth and predictions; `clusters.png`: the backbone's
 #   clusters on road scenes.
@@ -118,7 +119,7 @@ pd.DataFrame(plan, columns=["run", "backbone", "backbone_kwargs", "pretrained"])
 rows, models = [], {}
 for run_name, body, kw, warm in plan:
     cfg = TrainConfig.from_namespace(
-        globals(), model="semantic_fpn", dataset="camvid", epochs=0, save_predictions=True,
+        globals(), model="semantic_fpn", dataset="camvid", epochs=0, save_predictions=True, save_weights=True,
         model_kwargs=f"backbone={body!r},backbone_kwargs={kw!r},pretrained={warm}",
         out_dir=str(out / run_name), progress=False,
     )  # fmt: skip

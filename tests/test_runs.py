@@ -1,7 +1,9 @@
 """Finished runs stand for new ones only while they are what the code would train today."""
 
 import functools
+import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,3 +114,29 @@ def test_without_a_checkpoint_the_shipped_weights_of_that_run_are_used(trained, 
         assert R.finished(cfg)["model"] is None, "weights of another run are not these"
     finally:
         shutil.move(moved, ckpt)
+
+
+def test_a_run_that_keeps_its_weights_is_reused_with_them_without_its_checkpoint(trained, tmp_path):
+    cfg, _ = trained
+    kept = T.TrainConfig.from_dict(vars(cfg) | {"save_weights": True,
+                                                "out_dir": cfg.out_dir + "-kept"})  # fmt: skip
+    run = T.train(kept)
+    folder = Path(kept.out_dir)
+    assert run["final_weights"]["file"] == T.FINAL_WEIGHTS
+    assert (
+        json.loads((folder / "metrics.json").read_text())["final_weights"] == run["final_weights"]
+    )
+    assert R.mismatch(kept) is None, "save_weights is not part of the recipe"
+    shutil.rmtree(T.resolve_ckpt_dir(kept))  # another machine: no checkpoint
+    back = R.finished(kept)
+    assert (
+        back["weights"] == f"the run's float16 weights {T.portable_path(folder / T.FINAL_WEIGHTS)}"
+    )
+    for a, b in zip(back["model"].state_dict().values(), run["model"].state_dict().values(),
+                    strict=True):  # fmt: skip
+        assert torch.equal(a, b.half().to(a.dtype))
+    with open(folder / T.FINAL_WEIGHTS, "r+b") as f:  # a damaged file is refused, by name
+        f.seek(-4, 2)
+        f.write(b"\0\0\0\0")
+    with pytest.raises(ValueError, match=r"weights\.safetensors is missing or does not match"):
+        R.finished(kept)
