@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from .handbook import atomic_write_text
-from .runs import autocast_of
+from .runs import autocast_of, budget_caveat
 
 __all__ = ["BEGIN", "END", "SECTIONS", "readme_block", "render", "stale_results", "update_readme"]
 
@@ -55,10 +55,13 @@ def _family(results: Path) -> str | None:
     )
 
 
-def _trained_on(df: pd.DataFrame) -> str:
-    """The machines a chapter's runs trained on (its ``hardware`` and ``threads`` columns)."""
+def _trained_on(df: pd.DataFrame, *, budgeted: bool = True) -> str:
+    """The machines a chapter's runs trained on (its ``hardware`` and ``threads`` columns),
+    and, for runs ``budgeted`` in minutes that trained on several, why they do not compare."""
     pairs = df[["hardware", "threads"]].drop_duplicates().itertuples(index=False)
-    return "; ".join(f"{h}, {t} threads" for h, t in pairs)
+    where = "; ".join(f"{h}, {t} threads" for h, t in pairs)
+    caveat = budget_caveat(df.to_dict("records")) if budgeted and "autocast" in df else None
+    return where + (f" (NB: {caveat})" if caveat else "")
 
 
 def _cifar(results: Path) -> str | None:
@@ -145,7 +148,7 @@ def _imagenette(results: Path) -> str | None:
             "wall (min)": df["wall_minutes"],
         }
     )
-    return _md(shown, 1) + f"\n\nTrained on {_trained_on(df)}."
+    return _md(shown, 1) + f"\n\nTrained on {_trained_on(df, budgeted=False)}."
 
 
 def _interval(row: pd.Series) -> str:
@@ -245,6 +248,31 @@ def _points(results: Path) -> str | None:
     return shown.to_markdown(index=False) + note
 
 
+def _segmentation(results: Path) -> str | None:
+    path = results / "09_dense_prediction" / "runs.csv"
+    if not path.is_file():
+        return None
+    df = pd.read_csv(path)
+    shown = pd.DataFrame(
+        {
+            "run": df["run"],
+            "backbone": df["backbone"],
+            "centres per region": _blank_if_missing(df["centres"]),
+            "Imagenette init.": df["pretrained"].map({True: "yes", False: "no"}),
+            "mIoU (%)": df["miou"].round(1),
+            "pixel acc. (%)": df["pixel_acc"].round(1),
+            "params (M)": (df["params"] / 1e6).round(2),
+            "epochs": df["epochs"],
+            "minutes": df["minutes"].round(1),
+        }
+    )
+    note = (
+        "\n\nSemantic FPN on CamVid (11 classes, void ignored), the 233 test images; one seed "
+        f"per run; trained on {_trained_on(df)}; equal wall-clock budgets per run."
+    )
+    return shown.to_markdown(index=False) + note
+
+
 def _bench(results: Path) -> str | None:
     files = sorted((results / "bench").glob("*.csv"))
     if not files:
@@ -285,6 +313,11 @@ SECTIONS: tuple[tuple[str, Callable[[Path], str | None], str], ...] = (
     ("Imagenette (chapter 5)", _imagenette, "python -m cocs.handbook run 05_imagenette"),
     ("Ablations on CIFAR-10 (chapter 6)", _ablations, "python -m cocs.handbook run 06_ablations"),
     ("Point clouds (chapter 8)", _points, "python -m cocs.handbook run 08_point_clouds"),
+    (
+        "Semantic segmentation on CamVid (chapter 9)",
+        _segmentation,
+        "python -m cocs.handbook run 09_dense_prediction",
+    ),
     ("Speed and memory (`make bench`)", _bench, "make bench"),
 )
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -27,7 +27,15 @@ import torch
 from .config import ConfigError, TrainConfig, portable_path, resolve_ckpt_dir, same_recipe
 from .fingerprint import model_fingerprint
 
-__all__ = ["MissingRun", "autocast_of", "finished", "mismatch", "train_or_reuse", "trained_on"]
+__all__ = [
+    "MissingRun",
+    "autocast_of",
+    "budget_caveat",
+    "finished",
+    "mismatch",
+    "train_or_reuse",
+    "trained_on",
+]
 
 
 class MissingRun(ConfigError):
@@ -222,3 +230,20 @@ def trained_on(run: Mapping) -> dict:
         name = hw.get("cpu") or "unrecorded CPU"
         name += f" ({hw['cpu_capability']})" if hw.get("cpu_capability") else ""
     return {"hardware": name, "threads": hw.get("torch_threads"), "autocast": autocast_of(run)}
+
+
+def budget_caveat(machines: Iterable[Mapping]) -> str | None:
+    """What a reader must know when runs compared at equal wall-clock budgets trained on more
+    than one machine (``machines``: each run's :func:`trained_on`, or rows with its keys), else
+    None: a minute of one is not a minute of work on another, so such a comparison holds only
+    between runs of the same machine."""
+    seen = sorted({(str(m["hardware"]), str(m["threads"]), str(m.get("autocast", "?")))
+                   for m in machines})  # fmt: skip
+    if len(seen) < 2:
+        return None
+    names = "; ".join(f"{h}, {t} threads, autocast {a}" for h, t, a in seen)
+    return (
+        f"these runs trained on {len(seen)} machines or precisions ({names}): equal minutes "
+        "there are not equal work, so compare budgeted runs only within one of them, or train "
+        "the others again on one machine"
+    )

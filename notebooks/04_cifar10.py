@@ -86,7 +86,7 @@ import cocs
 from cocs.bench import hardware_name
 from cocs.handbook import atomic_write_text, results_path, save_figure, write_csv
 from cocs.paper import table
-from cocs.runs import train_or_reuse, trained_on
+from cocs.runs import budget_caveat, train_or_reuse, trained_on
 from cocs.stats import paired_difference
 from cocs.train import TrainConfig, portable_path
 from cocs.weights import WEIGHTS_DIR, export
@@ -222,6 +222,8 @@ assert all(rows[name] == runs[name]["epochs_planned"] for name in runs), rows
 trained_where = "; ".join(
     sorted({f"{w['hardware']}, {w['threads']} threads" for w in map(trained_on, runs.values())})
 )
+if caveat := budget_caveat(map(trained_on, runs.values())):  # runs reused from other machines
+    print(f"NB: {caveat}")
 assert metrics["train_loss"].notna().all() and metrics["test_acc"].between(0, 100).all()
 
 # %% [markdown]

@@ -75,7 +75,7 @@ from cocs.handbook import results_path, save_figure, write_csv
 from cocs.modelnet import load_modelnet40
 from cocs.paper import numbers
 from cocs.pointsets import farthest_point_sample, gather, knn
-from cocs.runs import train_or_reuse, trained_on
+from cocs.runs import budget_caveat, train_or_reuse, trained_on
 from cocs.setmodel import SetCluster
 from cocs.stats import class_accuracies, paired_difference
 from cocs.train import TrainConfig
@@ -178,6 +178,8 @@ for name in names:
         print(f"{name:<20} seed {seed}: OA {rows[-1]['oa']:.2f}%, mAcc {rows[-1]['macc']:.2f}% "
               f"after {run['epochs_done']} epochs in {rows[-1]['minutes']:.1f} min")  # fmt: skip
 runs = pd.DataFrame(rows)
+if caveat := budget_caveat(rows):  # runs reused from other machines
+    print(f"NB: {caveat}")
 write_csv(runs, out / "runs.csv")
 
 # %% [markdown]

@@ -76,7 +76,7 @@ from cocs.handbook import results_path, save_figure, write_csv
 from cocs.maps import blend
 from cocs.model import capture_assignments
 from cocs.paper import numbers
-from cocs.runs import train_or_reuse, trained_on
+from cocs.runs import budget_caveat, train_or_reuse, trained_on
 from cocs.train import TrainConfig, build_data, mean_iou
 from cocs.weights import shipped
 
@@ -137,6 +137,8 @@ for run_name, body, kw, warm in plan:
     print(f"{run_name:<20} mIoU {miou:.2f}%, pixel accuracy {run['final']['test_acc']:.2f}% "
           f"after {run['epochs_done']} epochs in {rows[-1]['minutes']:.1f} min")  # fmt: skip
 runs = pd.DataFrame(rows)
+if caveat := budget_caveat(rows):  # runs reused from other machines
+    print(f"NB: {caveat}")
 write_csv(runs, out / "runs.csv")
 per_class = runs.set_index("run")[[f"iou_{c}" for c in CLASSES]].T
 per_class.index = list(CLASSES)

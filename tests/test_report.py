@@ -180,3 +180,33 @@ def test_an_ablation_that_failed_to_train_says_so_instead_of_a_number():
     assert report._accuracy(row()) == "failed to train (2 of 2 seeds)"
     assert report._accuracy(row(seeds=3, acc_mean=70.0)) == "70.00; failed to train in 2 seeds"
     assert report._accuracy(row(failed=0, acc_mean=75.5, acc_std=0.25)) == "75.50 ± 0.25"
+
+
+def _segmentation_runs(folder, machines):
+    rows = [
+        {"run": f"coc_{c}", "backbone": "coc_imagenette", "centres": c, "pretrained": False,
+         "miou": 40.0 + i, "pixel_acc": 80.0, "epochs": 9, "params": 3.2e6, "minutes": 27.9,
+         "hardware": h, "threads": 2, "autocast": "off"}
+        for i, (c, h) in enumerate(zip((4, 25), machines, strict=True))
+    ] + [{"run": "resnet", "backbone": "resnet18_half", "centres": np.nan, "pretrained": True,
+          "miou": 47.25, "pixel_acc": 85.0, "epochs": 11, "params": 4.2e6, "minutes": 27.5,
+          "hardware": machines[0], "threads": 2, "autocast": "off"}]  # fmt: skip
+    (folder / "09_dense_prediction").mkdir()
+    pd.DataFrame(rows).to_csv(folder / "09_dense_prediction" / "runs.csv", index=False)
+
+
+def test_segmentation_table_and_its_caption(tmp_path):
+    _segmentation_runs(tmp_path, ["AMD EPYC (AVX2)"] * 2)
+    text = report.render(tmp_path)
+    assert "### Semantic segmentation on CamVid (chapter 9)" in text
+    assert "| coc_4  | coc_imagenette | 4                    | no                 |" in text
+    assert "| resnet | resnet18_half  |                      | yes                |" in text
+    assert "47.2" in text and "trained on AMD EPYC (AVX2), 2 threads; equal wall-clock" in text
+    assert "NB:" not in text
+
+
+def test_budgeted_runs_of_several_machines_carry_a_caveat(tmp_path):
+    _segmentation_runs(tmp_path, ["AMD EPYC (AVX2)", "Intel Xeon (AVX512_BF16)"])
+    text = report.render(tmp_path)
+    assert "NB: these runs trained on 2 machines or precisions" in text
+    assert "equal minutes there are not equal work" in text
