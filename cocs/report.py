@@ -148,7 +148,16 @@ def _imagenette(results: Path) -> str | None:
             "wall (min)": df["wall_minutes"],
         }
     )
-    return _md(shown, 1) + f"\n\nTrained on {_trained_on(df, budgeted=False)}."
+    note = f"\n\nTrained on {_trained_on(df, budgeted=False)}, with the same recipe and epochs."
+    paired = results / "05_imagenette" / "peer_difference.csv"
+    if paired.is_file():
+        for r in pd.read_csv(paired).itertuples():
+            note += (
+                f" {r.model} minus {r.peer}, image by image on the validation set: "
+                f"{r.difference:+.1f} points (95% interval {r.low:+.1f} to {r.high:+.1f}; the "
+                f"validation set's variation only, {r.seeds} seed each)."
+            )
+    return _md(shown, 1) + note
 
 
 def _interval(row: pd.Series) -> str:

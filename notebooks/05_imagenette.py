@@ -96,11 +96,16 @@ print(f"{hardware}, {threads} torch threads")
 # number of points, that is with the square of the image side.
 
 # %%
+def macs_of(net: torch.nn.Module) -> float:
+    """Multiply-adds of one image at the chapter's size (the counter counts one as two FLOPs)."""
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net.eval()(torch.zeros(1, 3, img_size, img_size))  # (B, 3, H, W)
+    return counter.get_total_flops() / 2
+
+
 net = cocs.create_model(model, num_classes=10).eval()
 params = sum(p.numel() for p in net.parameters())
-with FlopCounterMode(display=False) as counter, torch.no_grad():
-    net(torch.zeros(1, 3, img_size, img_size))  # (B, 3, H, W)
-macs = counter.get_total_flops() / 2  # the counter counts a multiply-add as two FLOPs
+macs = macs_of(net)
 print(f"{model}: {params / 1e6:.2f}M parameters, {macs / 1e6:.1f}M MACs at {img_size}x{img_size}")
 
 # %% [markdown]
@@ -226,15 +231,22 @@ checkpoints.tail()
 # images of the training size, gradients off.
 
 # %%
-trained = run["model"].cpu().eval()
 batch = torch.randn(2 * batch_size, 3, img_size, img_size)  # (B, 3, H, W)
-with torch.no_grad():
-    trained(batch)  # warm-up
-    seconds = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        trained(batch)
-        seconds.append(time.perf_counter() - t0)
+
+
+def images_per_second(net: torch.nn.Module) -> float:
+    """Inference speed on ``batch`` on this machine: the median of 3 passes after a warm-up."""
+    net = net.cpu().eval()
+    with torch.no_grad():
+        net(batch)  # warm-up
+        seconds = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            net(batch)
+            seconds.append(time.perf_counter() - t0)
+    return len(batch) / statistics.median(seconds)
+
+
 summary = pd.DataFrame(
     [
         {
@@ -248,7 +260,7 @@ summary = pd.DataFrame(
             "epochs": len(metrics),
             "wall_minutes": metrics["epoch_seconds"].sum() / 60,
             "train_img_s": metrics["images_per_s"].median(),
-            "infer_img_s": len(batch) / statistics.median(seconds),
+            "infer_img_s": images_per_second(run["model"]),
             "train_images": run["train_images"],
             "val_images": run["test_images"],
             **trained_on(run),  # hardware, threads and autocast of the training, from its record
@@ -290,11 +302,13 @@ if peer:
         "model": peer, "img_size": img_size, "val_top1_final": peer_metrics["test_acc"].iloc[-1],
         "val_top1_best": peer_metrics["test_acc"].max(),
         "best_epoch": int(peer_metrics.loc[peer_metrics["test_acc"].idxmax(), "epoch"]),
-        "params": peer_run["params"], "macs_m": float("nan"), "epochs": len(peer_metrics),
+        "params": peer_run["params"], "macs_m": macs_of(peer_run["model"]) / 1e6,
+        "epochs": len(peer_metrics),
         "wall_minutes": peer_metrics["epoch_seconds"].sum() / 60,
-        "train_img_s": peer_metrics["images_per_s"].median(), "infer_img_s": float("nan"),
+        "train_img_s": peer_metrics["images_per_s"].median(),
+        "infer_img_s": images_per_second(peer_run["model"]),
         "train_images": peer_run["train_images"], "val_images": peer_run["test_images"],
-        **trained_on(peer_run), "infer_hardware": "",
+        **trained_on(peer_run), "infer_hardware": f"{hardware}, {threads} threads",
     }])], ignore_index=True)  # fmt: skip
     write_csv(summary, out / "summary.csv")
     outcomes = {}

@@ -210,3 +210,22 @@ def test_budgeted_runs_of_several_machines_carry_a_caveat(tmp_path):
     text = report.render(tmp_path)
     assert "NB: these runs trained on 2 machines or precisions" in text
     assert "equal minutes there are not equal work" in text
+
+
+def test_imagenette_caption_gives_the_paired_difference_with_its_peer(tmp_path):
+    folder = tmp_path / "05_imagenette"
+    folder.mkdir()
+    row = {"img_size": 64, "val_top1_final": 70.0, "params": 3e6, "macs_m": 48.5, "epochs": 40,
+           "wall_minutes": 40.0, "hardware": "AMD EPYC (AVX2)", "threads": 2, "autocast": "off"}  # fmt: skip
+    pd.DataFrame([{"model": "coc_imagenette"} | row, {"model": "resnet18_half"} | row]).to_csv(
+        folder / "summary.csv", index=False
+    )
+    pd.DataFrame([{"model": "coc_imagenette", "peer": "resnet18_half", "difference": -10.39,
+                   "low": -11.71, "high": -9.08, "seeds": 1, "verdict": "..."}]).to_csv(
+        folder / "peer_difference.csv", index=False
+    )  # fmt: skip
+    text = report.render(tmp_path)
+    assert (
+        "coc_imagenette minus resnet18_half, image by image on the validation set: -10.4 " in text
+    )
+    assert "(95% interval -11.7 to -9.1; the validation set's variation only, 1 seed each)" in text
