@@ -124,8 +124,9 @@ def semantic_fpn(
     num_classes: int = 11, fpn_dim: int = 128, head_dim: int = 64, drop_path_rate: float = 0.0,
     **kwargs,
 ) -> SemanticFPN:  # fmt: skip
-    """Semantic FPN on the four stages of ``backbone`` (any timm name; ``backbone_kwargs`` are
-    its arguments, such as ``{"proposal_w": 5, "proposal_h": 5}`` for 25 centres per region).
+    """Semantic FPN on the last four levels of ``backbone``, strides 4 to 32 (any timm name;
+    ``backbone_kwargs`` are its arguments, such as ``{"proposal_w": 5, "proposal_h": 5}`` for
+    25 centres per region).
     ``pretrained=True`` starts the backbone from the weights that ship with cocs for it."""
     import timm
 
@@ -136,5 +137,8 @@ def semantic_fpn(
     extra = dict(backbone_kwargs or {})
     if drop_path_rate:
         extra["drop_path_rate"] = drop_path_rate
-    body = timm.create_model(backbone, pretrained=pretrained, features_only=True, **extra)
+    # the last four levels, strides 4 to 32 as in the paper's Semantic FPN: a ResNet's stem
+    # (stride 2) is a level of its own in timm, which the head would otherwise run at
+    body = timm.create_model(backbone, pretrained=pretrained, features_only=True,
+                             out_indices=(-4, -3, -2, -1), **extra)  # fmt: skip
     return SemanticFPN(body, num_classes, fpn_dim=fpn_dim, head_dim=head_dim)

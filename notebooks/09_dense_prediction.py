@@ -237,8 +237,9 @@ print(f"this chapter ran {(time.perf_counter() - started) / 60:.1f} minutes")
 #    `resnet18_half` (from scratch) and run both on two random scenes of
 #    `cocs.train.segmentation_size(128)` rows and columns. *Expected:* both give logits of shape
 #    (2, 11, H, W), a score for every class at every pixel of the input, and the head's lateral
-#    layers take the widths of the levels that each backbone's `feature_info` declares (four for
-#    the Context Cluster, five for the ResNet, whose stem is a level too).
+#    layers take the widths of the levels that each backbone's `feature_info` declares: four
+#    each, at strides 4, 8, 16 and 32 (timm counts a ResNet's stem, at stride 2, as a level
+#    too; the head leaves it out, as the paper's Semantic FPN does).
 # 2. **Mean IoU by hand.** Draw a 64 x 64 label map of random classes 0-9 with some pixels
 #    void (11), and a random prediction of classes 0-9, so that class 10 occurs in neither.
 #    Count the confusion matrix of the non-void pixels by hand, compute each class's

@@ -44,7 +44,8 @@ C = len(CLASSES)  # 11 classes; label 11 is void
 #
 # `semantic_fpn` on `coc_imagenette` and on `resnet18_half`, on two random scenes of
 # `segmentation_size(128)`. *Expected:* logits of shape (2, 11, H, W) for both, and lateral
-# layers that take the widths of the levels each backbone's `feature_info` declares.
+# layers that take the widths of the levels each backbone's `feature_info` declares: four each,
+# at strides 4 to 32.
 
 # %%
 H, W = segmentation_size(img_size)
@@ -61,9 +62,11 @@ for body in (backbone, peer):
 
 # %% [markdown]
 # The head never looks inside the backbone: it asks timm's `features_only` interface for the
-# maps of every level, whose widths and reductions `feature_info` declares (the ResNet's stem
-# is a level of its own), brings each to the same width with a 1x1 lateral convolution, adds
-# the coarser levels to the finer ones, brings everything to the finest level's resolution,
+# maps of the last four levels, whose widths and reductions `feature_info` declares (timm
+# counts the ResNet's stem, at stride 2, as a level too; there the head would run on four
+# times as many positions as at stride 4, where the paper's Semantic FPN starts), brings each
+# to the same width with a 1x1 lateral convolution, adds the coarser levels to the finer
+# ones, brings everything to the finest level's resolution,
 # classifies every position, and upsamples the scores to the input's size. Any backbone whose
 # levels halve the resolution from one to the next fits, which is how the chapter compares a
 # Context Cluster and a ResNet through one head.
@@ -72,7 +75,7 @@ for body in (backbone, peer):
 for body in shapes:
     assert shapes[body] == (2, C, H, W), shapes
     declared, lateral = widths[body]
-    assert lateral == declared, widths
+    assert lateral == declared and len(declared) == 4, widths
 
 # %% [markdown]
 # ## Exercise 2: Mean IoU by hand
