@@ -78,12 +78,20 @@ def _scores(logits: torch.Tensor, y: torch.Tensor, ignore_index: int, confusion=
     return ((pred == y) & valid).sum(), valid.sum()
 
 
+def class_iou(confusion: torch.Tensor) -> torch.Tensor:
+    """Each class's intersection over union (%), TP / (TP + FP + FN), from confusion matrices
+    (..., C, C) of (target, prediction) counts: (..., C); NaN for a class that occurs in
+    neither the targets nor the predictions."""
+    c = confusion.double()
+    inter = c.diagonal(dim1=-2, dim2=-1)  # (..., C)
+    union = c.sum(-2) + c.sum(-1) - inter
+    return torch.where(union > 0, 100.0 * inter / union.clamp_min(1), torch.nan)
+
+
 def mean_iou(confusion: torch.Tensor) -> tuple[float, torch.Tensor]:
     """Mean intersection over union (%) and each class's IoU from a (C, C) confusion matrix of
     (target, prediction) counts; classes that occur in neither count as NaN and are left out."""
-    c = confusion.double()
-    inter, union = c.diag(), c.sum(0) + c.sum(1) - c.diag()
-    iou = torch.where(union > 0, 100.0 * inter / union.clamp_min(1), torch.nan)
+    iou = class_iou(confusion)
     return float(iou.nanmean()), iou
 
 

@@ -275,11 +275,37 @@ def _segmentation(results: Path) -> str | None:
             "minutes": df["minutes"].round(1),
         }
     )
+    if "miou_low" in df:  # 95% interval over the test set, not over seeds
+        shown.insert(5, "95% interval", [
+            f"[{lo:.1f}, {hi:.1f}]" for lo, hi in zip(df["miou_low"], df["miou_high"], strict=True)
+        ])  # fmt: skip
     note = (
         "\n\nSemantic FPN on CamVid (11 classes, void ignored), the 233 test images; one seed "
-        f"per run; trained on {_trained_on(df)}; equal wall-clock budgets per run."
+        f"per run; trained on {_trained_on(df)}; equal wall-clock budgets per run. Intervals: "
+        "the test set's variation only (a bootstrap over test images), not another seed's."
     )
-    return shown.to_markdown(index=False) + note
+    text = shown.to_markdown(index=False) + note
+    claims = path.with_name("comparisons.csv")
+    if claims.is_file():
+        c = pd.read_csv(claims)
+        table = pd.DataFrame(
+            {
+                "claim": c["claim"],
+                "runs": c["better"] + " - " + c["worse"],
+                "mIoU difference [95% interval]": [_interval(r) for _, r in c.iterrows()],
+                "verdict": c["verdict"],
+                "paper": c["paper"],
+            }
+        )
+        text += "\n\n" + table.to_markdown(index=False)
+    aims = path.with_name("aims.csv")
+    if aims.is_file():
+        text += "\n" + "".join(
+            f"\n- Aim, {a['aim']} ({a['runs']}): {a['measured']:.1f} "
+            f"[{a['low']:.1f}, {a['high']:.1f}], **{'met' if a['met'] else 'missed'}**."
+            for _, a in pd.read_csv(aims).iterrows()
+        )
+    return text
 
 
 def _bench(results: Path) -> str | None:

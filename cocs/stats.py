@@ -15,6 +15,9 @@ finite test set: the interval errs on the wide side). The interval uses Student'
 Welch-Satterthwaite degrees of freedom, in which the seed part, estimated from only ``S``
 numbers, has ``S - 1`` and the bootstrap part many: with few seeds and a large seed spread, the
 interval widens accordingly.
+
+:func:`paired_miou_difference` does the same for segmentation's mean IoU, from each test
+image's confusion matrix.
 """
 
 from __future__ import annotations
@@ -22,14 +25,23 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
 from scipy import stats as st
 
-__all__ = ["PairedDifference", "class_accuracies", "paired_difference"]
+from .evaluate import class_iou
+
+__all__ = [
+    "PairedDifference",
+    "class_accuracies",
+    "miou_interval",
+    "paired_difference",
+    "paired_miou_difference",
+]
 
 
 @dataclass(frozen=True)
 class PairedDifference:
-    """Mean accuracy difference a - b (points) over seeds, with its uncertainty."""
+    """Mean difference a - b (points of accuracy or mean IoU) over seeds, with its uncertainty."""
 
     mean: float
     low: float  # confidence interval of the mean difference
@@ -78,19 +90,118 @@ def paired_difference(
             "pass one row per seed, the same seeds in the same order for both models"
         )
     S, N = a.shape
-    if S < 2 and not allow_one_seed:
-        raise ValueError(
-            f"{S} seed(s): the seed spread needs at least 2 paired seeds; train another seed"
-        )
+    _check_seeds(S, allow_one_seed)
     per_seed = 100.0 * (a.mean(1) - b.mean(1))  # (S,)
-    mean = float(per_seed.mean())
-    se_seed = float(per_seed.std(ddof=1) / np.sqrt(S)) if S > 1 else 0.0
     per_image = 100.0 * (a - b).mean(0)  # (N,): the seed-averaged difference on each image
+    means = _bootstrap(lambda idx: per_image[idx].mean(1), N, boot, seed)
+    return _interval(per_seed, means, images=N, level=level, power=power)
+
+
+def paired_miou_difference(
+    confusion_a: np.ndarray,
+    confusion_b: np.ndarray,
+    *,
+    level: float = 0.95,
+    power: float = 0.8,
+    boot: int = 2000,
+    seed: int = 0,
+    allow_one_seed: bool = False,
+) -> PairedDifference:
+    """Mean IoU of ``a`` minus mean IoU of ``b`` in points, with a ``level`` interval.
+
+    As :func:`paired_difference`, for segmentation. Mean IoU is not a mean over images (each
+    class's IoU is a ratio of pixel counts summed over the whole test set), so each bootstrap
+    resample draws test images with replacement, sums their confusion matrices, weighted by
+    how often each was drawn, and computes both models' mean IoU from the sums.
+
+    Args:
+        confusion_a, confusion_b: (S, N, C, C) pixel counts (target, prediction) of model a
+            (b) trained with seed ``s`` on test image ``n``, as ``predictions.npz`` holds them
+            (one seed: add a leading axis); the same seeds in the same order for both.
+        level, power, boot, seed, allow_one_seed: as :func:`paired_difference`.
+    """
+    a = np.asarray(confusion_a, dtype=np.float64)
+    b = np.asarray(confusion_b, dtype=np.float64)
+    if a.ndim != 4 or a.shape != b.shape or a.shape[-1] != a.shape[-2]:
+        raise ValueError(
+            f"confusion_a {a.shape} and confusion_b {b.shape} must both be (seeds, images, C, C); "
+            "add a leading axis for one seed: confusion[None]"
+        )
+    S, N = a.shape[:2]
+    _check_seeds(S, allow_one_seed)
+    per_seed = _miou(a.sum(1)) - _miou(b.sum(1))  # (S,)
+
+    def difference(idx: np.ndarray) -> np.ndarray:  # (n, N) resampled images -> (n,)
+        counts = _counts(idx, N)  # (n, N): how often each image was drawn
+        ca = np.einsum("rn,sncd->srcd", counts, a)  # (S, n, C, C): each resample's sums
+        cb = np.einsum("rn,sncd->srcd", counts, b)
+        return (_miou(ca) - _miou(cb)).mean(0)
+
+    means = _bootstrap(difference, N, boot, seed)
+    return _interval(per_seed, means, images=N, level=level, power=power)
+
+
+def miou_interval(
+    confusion: np.ndarray, *, level: float = 0.95, boot: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """One model's mean IoU (%) and its ``level`` interval over the test set's variation.
+
+    ``confusion``: (N, C, C) each test image's pixel counts. The interval is the mean IoU
+    plus and minus the normal quantile times the bootstrap's standard error, images resampled
+    as in :func:`paired_miou_difference`; it says nothing about another training seed.
+    """
+    c = np.asarray(confusion, dtype=np.float64)
+    if c.ndim != 3 or c.shape[-1] != c.shape[-2]:
+        raise ValueError(f"confusion {c.shape} must be (images, C, C), one matrix per image")
+    N = len(c)
+
+    def resampled(idx: np.ndarray) -> np.ndarray:  # (n, N) resampled images -> (n,)
+        return _miou(np.einsum("rn,ncd->rcd", _counts(idx, N), c))
+
+    se = float(_bootstrap(resampled, N, boot, seed).std(ddof=1))
+    miou, z = float(_miou(c.sum(0))), float(st.norm.ppf(0.5 + level / 2))
+    return miou, miou - z * se, miou + z * se
+
+
+def _counts(idx: np.ndarray, images: int) -> np.ndarray:
+    """How often each image was drawn in each resample: (n, images) from (n, images) indices."""
+    counts = np.zeros((len(idx), images))
+    np.add.at(counts, (np.arange(len(idx))[:, None], idx), 1.0)
+    return counts
+
+
+def _miou(confusion: np.ndarray) -> np.ndarray:
+    """Mean IoU (%) of confusion matrices (..., C, C): (...,), by :func:`cocs.evaluate.class_iou`."""
+    return np.nanmean(class_iou(torch.from_numpy(confusion)).numpy(), axis=-1)
+
+
+def _check_seeds(seeds: int, allow_one_seed: bool) -> None:
+    if seeds < 2 and not allow_one_seed:
+        raise ValueError(
+            f"{seeds} seed(s): the seed spread needs at least 2 paired seeds; train another seed"
+        )
+
+
+def _bootstrap(statistic, images: int, boot: int, seed: int) -> np.ndarray:
+    """``statistic`` of ``boot`` resamples of the test images: (boot,). ``statistic`` maps
+    (n, images) indices, each row one resample drawn with replacement, to (n,) values; the
+    resamples are drawn 500 at a time from a generator seeded with ``seed``."""
     rng = np.random.default_rng(seed)
     means = np.empty(boot)
-    for i in range(0, boot, 500):  # resample images in chunks: (chunk, N) indices at a time
-        idx = rng.integers(0, N, size=(min(500, boot - i), N))
-        means[i : i + len(idx)] = per_image[idx].mean(1)
+    for i in range(0, boot, 500):
+        idx = rng.integers(0, images, size=(min(500, boot - i), images))
+        means[i : i + len(idx)] = statistic(idx)
+    return means
+
+
+def _interval(
+    per_seed: np.ndarray, means: np.ndarray, *, images: int, level: float, power: float
+) -> PairedDifference:
+    """The interval of the mean of ``per_seed`` differences, from their spread and the test
+    set's (``means``: the bootstrap's seed-averaged differences), as the module explains."""
+    S = len(per_seed)
+    mean = float(per_seed.mean())
+    se_seed = float(per_seed.std(ddof=1) / np.sqrt(S)) if S > 1 else 0.0
     se_test = float(means.std(ddof=1))
     var = se_seed**2 + se_test**2
     df = var**2 / (se_seed**4 / (S - 1)) if se_seed > 0 else float("inf")
@@ -106,7 +217,7 @@ def paired_difference(
         df=float(df),
         detectable=float(detectable),
         seeds=S,
-        images=N,
+        images=images,
         per_seed=tuple(float(x) for x in per_seed),
     )
 

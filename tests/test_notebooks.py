@@ -388,8 +388,21 @@ def _(out: Path):
         assert mean_iou(__import__("torch").from_numpy(confusion.sum(0)))[0] == pytest.approx(
             r["miou"]
         )
+    assert (runs["miou_low"] < runs["miou"]).all() and (runs["miou"] < runs["miou_high"]).all()
     per_class = csv_table(out / "per_class.csv", ["class", *runs["run"]])
     assert per_class["class"].tolist() == list(CLASSES)
+    comparisons = csv_table(out / "comparisons.csv", ["claim", "better", "worse", "mean", "low"])
+    assert (comparisons["low"] <= comparisons["mean"]).all()
+    assert (comparisons["mean"] <= comparisons["high"]).all()
+    assert set(comparisons["verdict"]) <= {
+        "reproduces", "reversed", "differs", "no difference detected at this scale"
+    }  # fmt: skip
+    assert "the centre count matters little" in set(comparisons["claim"])
+    miou = runs.set_index("run")["miou"]
+    for _, c in comparisons.iterrows():
+        assert c["mean"] == pytest.approx(miou[c["better"]] - miou[c["worse"]])
+    aims = csv_table(out / "aims.csv", ["aim", "runs", "measured", "met"])
+    assert len(aims) == 2 and aims["met"].dtype == bool
     for name in ("predictions", "clusters"):
         png_image(out / f"{name}.png")
 

@@ -205,6 +205,29 @@ def test_segmentation_table_and_its_caption(tmp_path):
     assert "NB:" not in text
 
 
+def test_segmentation_claims_and_aims_come_from_their_files(tmp_path):
+    _segmentation_runs(tmp_path, ["AMD EPYC (AVX2)"] * 2)
+    folder = tmp_path / "09_dense_prediction"
+    runs = pd.read_csv(folder / "runs.csv")
+    runs.assign(miou_low=runs["miou"] - 1.2, miou_high=runs["miou"] + 1.5).to_csv(
+        folder / "runs.csv", index=False
+    )
+    pd.DataFrame([{"claim": "the centre count matters little", "better": "coc_25",
+                   "worse": "coc_4", "mean": 1.0, "low": -0.4, "high": 2.4,
+                   "verdict": "no difference detected at this scale",
+                   "paper": "ADE20K, Semantic FPN, mIoU: CoC-Small/4 36.6"}]).to_csv(
+        folder / "comparisons.csv", index=False)  # fmt: skip
+    pd.DataFrame([{"aim": "best Context Cluster run: at least 50% mean IoU", "runs": "coc_25",
+                   "measured": 41.0, "low": 39.75, "high": 42.5, "met": False}]).to_csv(
+        folder / "aims.csv", index=False)  # fmt: skip
+    text = report.render(tmp_path)
+    assert "| [38.8, 41.5] " in text, "coc_4's interval"
+    row = next(line for line in text.splitlines() if "| coc_25 - coc_4 " in line)
+    assert "| +1.00 [-0.40, +2.40] " in row and "| no difference detected at this scale " in row
+    assert "(coc_25): 41.0 [39.8, 42.5], **missed**." in text
+    assert "not another seed's" in text
+
+
 def test_budgeted_runs_of_several_machines_carry_a_caveat(tmp_path):
     _segmentation_runs(tmp_path, ["AMD EPYC (AVX2)", "Intel Xeon (AVX512_BF16)"])
     text = report.render(tmp_path)

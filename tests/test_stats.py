@@ -2,9 +2,11 @@
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats as st
 
-from cocs.stats import paired_difference
+from cocs.evaluate import mean_iou
+from cocs.stats import miou_interval, paired_difference, paired_miou_difference
 
 
 def _pair(n: int, p10: float, p01: float, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -79,3 +81,66 @@ def test_one_seed_gives_the_test_set_interval_only_when_asked():
     assert d.se_seed == 0 and d.seeds == 1 and d.low < d.mean < d.high
     with pytest.raises(ValueError, match="at least 2 paired seeds"):
         paired_difference(a[None], b[None])
+
+
+def _confusions(rng, images: int, classes: int, skill: float) -> np.ndarray:
+    """(images, C, C) pixel counts of a model that labels a pixel right with prob. ``skill``."""
+    out = np.zeros((images, classes, classes))
+    for n in range(images):
+        target = rng.integers(0, classes, 400)
+        wrong = rng.integers(0, classes, 400)
+        pred = np.where(rng.random(400) < skill, target, wrong)
+        np.add.at(out[n], (target, pred), 1)
+    return out
+
+
+def test_the_miou_difference_is_that_of_the_summed_confusions():
+    rng = np.random.default_rng(3)
+    a, b = _confusions(rng, 40, 5, 0.8), _confusions(rng, 40, 5, 0.6)
+    d = paired_miou_difference(a[None], b[None], allow_one_seed=True, boot=300)
+    truth = mean_iou(torch.from_numpy(a.sum(0)))[0] - mean_iou(torch.from_numpy(b.sum(0)))[0]
+    assert d.mean == pytest.approx(truth) and d.per_seed == pytest.approx((truth,))
+    assert d.seeds == 1 and d.images == 40 and d.se_seed == 0
+
+
+def test_the_miou_bootstrap_resamples_whole_images():
+    """The same draws as a slow loop: resample images, sum their matrices, mean IoU of each."""
+    rng = np.random.default_rng(4)
+    a, b = _confusions(rng, 30, 4, 0.7), _confusions(rng, 30, 4, 0.5)
+    d = paired_miou_difference(a[None], b[None], allow_one_seed=True, boot=700, seed=9)
+    draws = np.random.default_rng(9)
+    diffs = []
+    for size in (500, 200):  # drawn in chunks of 500, as the library does
+        for idx in draws.integers(0, 30, size=(size, 30)):
+            ma = mean_iou(torch.from_numpy(a[idx].sum(0)))[0]
+            diffs.append(ma - mean_iou(torch.from_numpy(b[idx].sum(0)))[0])
+    assert d.se_test == pytest.approx(np.std(diffs, ddof=1))
+    assert d.low == pytest.approx(d.mean - 1.959964 * d.se_test)
+    assert d.low > 0, "a model right 70% of the time beats one right 50% on 30 images"
+
+
+def test_identical_segmenters_differ_by_nothing_and_bad_shapes_are_named():
+    a = _confusions(np.random.default_rng(5), 10, 3, 0.5)[None]
+    d = paired_miou_difference(a, a, allow_one_seed=True, boot=100)
+    assert (d.mean, d.low, d.high) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match=r"\(seeds, images, C, C\)"):
+        paired_miou_difference(a[0], a[0])
+    with pytest.raises(ValueError, match="at least 2 paired seeds"):
+        paired_miou_difference(a, a)
+
+
+def test_one_models_miou_interval_is_the_bootstrap_of_whole_images():
+    rng = np.random.default_rng(6)
+    c = _confusions(rng, 25, 4, 0.6)
+    miou, low, high = miou_interval(c, boot=600, seed=2)
+    assert miou == pytest.approx(mean_iou(torch.from_numpy(c.sum(0)))[0])
+    draws = np.random.default_rng(2)
+    slow = [
+        mean_iou(torch.from_numpy(c[idx].sum(0)))[0]
+        for size in (500, 100)
+        for idx in draws.integers(0, 25, size=(size, 25))
+    ]
+    assert high - miou == pytest.approx(1.959964 * np.std(slow, ddof=1))
+    assert miou - low == pytest.approx(high - miou)
+    with pytest.raises(ValueError, match=r"\(images, C, C\)"):
+        miou_interval(c[0])
