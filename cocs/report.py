@@ -281,7 +281,8 @@ def _segmentation(results: Path) -> str | None:
         ])  # fmt: skip
     note = (
         "\n\nSemantic FPN on CamVid (11 classes, void ignored), the 233 test images; one seed "
-        f"per run; trained on {_trained_on(df)}; equal wall-clock budgets per run. Intervals: "
+        f"per run; trained on {_trained_on(df)}; equal wall-clock budgets per run, so a costlier model fits fewer "
+        "epochs and a difference mixes the model's effect with that of its epochs. Intervals: "
         "the test set's variation only (a bootstrap over test images), not another seed's."
     )
     text = shown.to_markdown(index=False) + note

@@ -194,11 +194,18 @@ camvid_reported
 # per run, the 95% interval covers the test set's variation only, and a verdict is about these
 # trained models, not yet about the architectures. The verdicts follow chapter 6's rule
 # (`cocs.ablation.verdict`): "reproduces" when the interval lies on the paper's side of zero
-# (for a claim of no difference, within ±1 point), "reversed" when it lies on the other side,
-# "no difference detected at this scale" when it holds zero; `detectable` is the smallest
-# true difference that the comparison would find with 80% power. The paper compares backbones
-# on COCO detection, not on ADE20K, and starts every backbone from ImageNet weights: the
-# pretraining rows are this chapter's own question.
+# (for a claim of no difference: within ±1 point), "reversed" when it lies on the other side,
+# "differs" when a claim of no difference meets an interval that excludes zero, "no difference
+# detected at this scale" when it holds zero; `detectable` is the smallest true difference
+# that the comparison would find with 80% power.
+#
+# Two more limits. Every run has the same wall-clock budget, so a costlier model fits fewer
+# epochs (the `epochs` column above): a difference between centre counts mixes the centres'
+# effect with that of the epochs they cost, where the paper trains every model for the same
+# iterations. And the pretrained rows start from chapter 5's Imagenette models, whose own
+# accuracies differ (chapter 5), so "backbone" there includes how well each learned
+# Imagenette. The paper compares backbones on COCO detection, not on ADE20K, and starts every
+# backbone from ImageNet weights: the pretraining rows are this chapter's own question.
 
 # %%
 confusions = {}
