@@ -7,6 +7,7 @@ same function (tests/test_bench.py checks it) and the ratio measures the impleme
 
     python -m cocs.bench            # writes results/bench/<hardware>.csv
     python -m cocs.bench --cases coc_tiny:224:16:compiled   # one case, also under torch.compile
+    python -m cocs.bench --cases coc_cifar:32:128:bf16      # also under bfloat16 autocast
 
 Each case runs in a fresh Python process of its own, so that a row does not depend on the
 cases timed before it: in a process that has run the 224 px models, the baseline's step of a
@@ -14,7 +15,9 @@ later case gets faster (its large temporary tensors are probably served faster b
 allocator). ``--in_process`` times every
 case in this process instead. A run replaces the rows of the cases it measured and keeps the
 file's other rows, so that one case can be measured again (or with ``--compiled``) without
-timing all of them.
+timing all of them. Each row records how busy the rest of the machine was while it was timed
+(``busy_percent``); timings taken on a busy machine never replace a quiet machine's: they are
+written beside them, to ``<hardware>.busy.csv``.
 """
 
 from __future__ import annotations
@@ -210,24 +213,36 @@ def busy_percent(seconds: float = 2.0) -> float:
 
 
 def keep_quiet_timings(
-    new: pd.DataFrame, path: str | os.PathLike, *, key: str, columns: list[str]
+    new: pd.DataFrame,
+    path: str | os.PathLike,
+    *,
+    key: str,
+    columns: list[str],
+    old: pd.DataFrame | None = None,
+    context: tuple[str, ...] = ("hardware", "threads"),
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Timings of a busy machine never replace those of a quiet one.
 
     ``new`` holds a ``busy_percent`` column (:func:`busy_percent` while it was measured). If
     the file at ``path`` holds timings taken on a quiet machine and ``new`` was measured on a
-    busy one, the old ``columns`` (and their ``busy_percent``, ``hardware``, ``threads``) are
-    kept in the returned table, matched on ``key``, and the busy measurement is returned
-    separately, to be written beside it, labelled. Otherwise ``(new, None)``.
+    busy one, the old ``columns`` (and their ``busy_percent`` and ``context``: the columns
+    that say where they were measured) are kept in the returned table, matched on ``key``
+    (rows the file lacks keep their new values), and the busy measurement is returned
+    separately, to be written beside it, labelled. Otherwise ``(new, None)``. ``old``: the
+    file's table when the caller has already read it (with ``key`` added).
     """
     path = Path(path)
     if not path.is_file() or new["busy_percent"].max() <= BUSY_PERCENT:
         return new, None
-    old = pd.read_csv(path)
+    old = pd.read_csv(path) if old is None else old
     if "busy_percent" not in old or old["busy_percent"].max() > BUSY_PERCENT:
         return new, None
-    kept = [c for c in (*columns, "busy_percent", "hardware", "threads") if c in old]
+    kept = [c for c in dict.fromkeys((*columns, "busy_percent", *context)) if c in old]
     merged = new.drop(columns=kept).merge(old[[key, *kept]], on=key, how="left")
+    fresh = ~new[key].isin(old[key]).to_numpy()  # rows the file has no quiet timing for
+    shared = [c for c in kept if c in new]
+    if fresh.any():
+        merged.loc[fresh, shared] = new.loc[fresh, shared].to_numpy()
     return merged[new.columns], new
 
 
@@ -302,6 +317,7 @@ def compare(
     num_classes: int | None = None,
     seed: int = 0,
     compiled: bool = False,
+    bf16: bool = False,
 ) -> dict:
     """Time ``steps`` training steps of the paper's formulation and of ``cocs``, interleaved
     (A B A B ...) so that both see the same machine load; same weights, same batch.
@@ -311,6 +327,11 @@ def compare(
     far that step's gradients are from eager ``cocs``'s on the same weights and batch
     (``compiled_grad_diff``, the largest absolute difference: compiling may reorder floating-point
     operations, so it is rounding-sized, not zero).
+
+    ``bf16=True`` adds ``cocs`` under bfloat16 autocast (its own copy of the weights) and reports
+    ``bf16_ratio``, its speed relative to eager float32 ``cocs`` (above 1: faster), and whether
+    the processor executes bfloat16 natively (``native_bf16``; where it does not, autocast is
+    emulated in software).
     """
     torch.manual_seed(seed)
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
@@ -340,13 +361,17 @@ def compare(
             (a.grad - b.grad).abs().max().item()
             for a, b in zip(fast.parameters(), eager.parameters(), strict=True)
         )
+    if bf16:
+        models["bf16"] = copy.deepcopy(fast)
+        opts["bf16"] = torch.optim.AdamW(models["bf16"].parameters(), lr=1e-4)
     times: dict[str, list[float]] = {k: [] for k in models}
     for i in range(warmup + steps):
         for k in models:
             if device != "cpu":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            _step(models[k], opts[k], x, y)
+            with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=k == "bf16"):
+                _step(models[k], opts[k], x, y)
             if device != "cpu":
                 torch.cuda.synchronize()
             if i >= warmup:
@@ -360,6 +385,15 @@ def compare(
             "compiled_speedup": round(med["paper"] / med["compiled"], 3),
             "compile_s": round(compile_s, 1),
             "compiled_grad_diff": float(f"{grad_diff:.2e}"),
+        }
+    if bf16:
+        from .train import cpu_has_native_bf16
+
+        native = device != "cpu" or cpu_has_native_bf16()
+        extra |= {
+            "bf16_step_s": round(med["bf16"], 4),
+            "bf16_ratio": round(med["cocs"] / med["bf16"], 3),
+            "native_bf16": native,
         }
     return {
         "model": name,
@@ -378,12 +412,14 @@ def compare(
     }
 
 
-CASES = (  # (model, image size, batch, also under torch.compile)
-    ("coc_tiny_plain", 224, 16, False),
-    ("coc_tiny", 224, 16, True),  # compiling takes minutes here
-    ("coc_cifar", 32, 128, True),  # a small model, where fusing element-wise operations pays
-    ("pointmlp_elite", 1024, 32, False),  # size: points per shape; against the release's layout
+CASES = (  # (model, image size, batch, extra contenders: torch.compile, bfloat16 autocast)
+    ("coc_tiny_plain", 224, 16, ()),
+    ("coc_tiny", 224, 16, ("compiled",)),  # compiling takes minutes here
+    # a small model, where fusing element-wise operations pays; and what autocast buys here
+    ("coc_cifar", 32, 128, ("compiled", "bf16")),
+    ("pointmlp_elite", 1024, 32, ()),  # size: points per shape; against the release's layout
 )
+FLAGS = ("compiled", "bf16")
 
 
 _ROW = "cocs.bench row: "
@@ -427,9 +463,10 @@ def main(argv: list[str] | None = None) -> Path | None:
     p.add_argument(
         "--cases",
         nargs="+",
-        default=[f"{m}:{s}:{b}" + (":compiled" if c else "") for m, s, b, c in CASES],
-        help="model:image_size:batch[:compiled], one or more (for point-cloud models the "
-        "size is the number of points)",
+        default=[":".join(map(str, (m, s, b, *f))) for m, s, b, f in CASES],
+        help="model:image_size:batch[:compiled][:bf16], one or more (for point-cloud models "
+        "the size is the number of points; compiled: also under torch.compile; bf16: also "
+        "under bfloat16 autocast)",
     )
     p.add_argument(
         "--in_process",
@@ -442,16 +479,17 @@ def main(argv: list[str] | None = None) -> Path | None:
     rows = []
     for case in args.cases:
         try:
-            name, size, batch, *flag = case.split(":")
+            name, size, batch, *flags = case.split(":")
             size, batch = int(size), int(batch)
-            if flag not in ([], ["compiled"]):
+            if not set(flags) <= set(FLAGS) or len(set(flags)) < len(flags):
                 raise ValueError
         except ValueError:
             p.error(
-                f"--cases {case!r}: expected model:image_size:batch[:compiled], "
-                "e.g. coc_tiny:224:16 or coc_cifar:32:128:compiled"
+                f"--cases {case!r}: expected model:image_size:batch[:compiled][:bf16], "
+                "e.g. coc_tiny:224:16 or coc_cifar:32:128:compiled:bf16"
             )
         if args.in_process or args.print_row:
+            busy = busy_percent()  # what the rest of the machine does while this case is timed
             row = compare(
                 name,
                 img_size=size,
@@ -459,8 +497,10 @@ def main(argv: list[str] | None = None) -> Path | None:
                 steps=args.steps,
                 warmup=args.warmup,
                 device=args.device,
-                compiled=args.compiled or bool(flag),
+                compiled=args.compiled or "compiled" in flags,
+                bf16="bf16" in flags,
             )
+            row["busy_percent"] = round(busy, 1)
         else:
             row = _case_in_fresh_process(case, args)
         if args.print_row:
@@ -475,9 +515,27 @@ def main(argv: list[str] | None = None) -> Path | None:
         out = repo_root() / out
     path = out / f"{hardware_name()}.csv"
     table = pd.DataFrame(rows)
-    if path.is_file():  # keep the rows of the cases not measured this time, in place
-        case = ["model", "img_size", "batch"]
-        both = pd.concat([pd.read_csv(path), table], ignore_index=True)
+    case = ["model", "img_size", "batch"]
+    if path.is_file():
+        old = pd.read_csv(path)
+        # timings of a busy machine never replace those of a quiet one: they go beside them
+        key = table[case].astype(str).agg(":".join, axis=1)
+        measured = [c for c in table.columns if c not in (*case, "device", "torch")]
+        table, busy = keep_quiet_timings(
+            table.assign(case=key),
+            path,
+            key="case",
+            columns=measured,
+            old=old.assign(case=old[case].astype(str).agg(":".join, axis=1)),
+        )
+        table = table.drop(columns="case")
+        if busy is not None:
+            busy_path = path.with_suffix(".busy.csv")
+            write_csv(busy.drop(columns="case"), busy_path)
+            print(f"the machine was busy: the quiet timings of {path.name} are kept; "
+                  f"these are in {busy_path.name}")  # fmt: skip
+        # keep the rows of the cases not measured this time, in place
+        both = pd.concat([old, table], ignore_index=True)
         first = both.groupby(case, sort=False).ngroup()  # a case keeps its old position
         table = both.assign(_pos=first).drop_duplicates(case, keep="last")
         table = table.sort_values("_pos", kind="stable").drop(columns="_pos")

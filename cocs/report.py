@@ -94,10 +94,24 @@ def _cifar(results: Path) -> str | None:
         if "test_acc_flip" in df
         else ""
     )
-    return (
+    text = (
         _md(shown, 1)
         + f"\n\nSame recipe and budget ({budget}{_how_trained(results, df)}); {where}.{tta}"
     )
+    others = results / "04_cifar10" / "other_machines.csv"
+    if others.is_file():  # earlier runs of today's models, same recipe, on other hardware
+        o = pd.read_csv(others)
+        o = o.assign(autocast=o["autocast"].replace({"off": "float32"}))
+        text += (
+            "\n\nThe same budget on other machines (a budget fixes minutes, not epochs):\n\n"
+            + _md(
+                o[["run", "model", "hardware", "autocast", "epochs", "test_acc_final"]].rename(
+                    columns={"test_acc_final": "test acc. (%)"}
+                ),
+                1,
+            )
+        )
+    return text
 
 
 def _crop(meta: dict) -> str:
@@ -310,7 +324,8 @@ def _segmentation(results: Path) -> str | None:
 
 
 def _bench(results: Path) -> str | None:
-    files = sorted((results / "bench").glob("*.csv"))
+    # a busy machine's timings (<hardware>.busy.csv) stay beside the quiet ones, not in the table
+    files = sorted(p for p in (results / "bench").glob("*.csv") if not p.name.endswith(".busy.csv"))
     if not files:
         return None
     df = pd.concat([pd.read_csv(p).assign(hardware=p.stem) for p in files], ignore_index=True)
@@ -339,6 +354,18 @@ def _bench(results: Path) -> str | None:
         note += "compile seconds: that first step, shorter when torch.compile's on-disk cache "
         note += "holds an earlier run's kernels; "
         note += "a blank: not measured with `--compiled`."
+    if "bf16_ratio" in df:  # measured for some cases only (`:bf16`)
+        native = df["native_bf16"].map(lambda v: "" if pd.isna(v) else ("yes" if v else "no"))
+        shown["bfloat16 autocast / float32 speed"] = _blank_if_missing(df["bf16_ratio"].round(2))
+        shown["native bfloat16"] = native
+        note += (
+            " bfloat16 autocast: the speed of eager `cocs` under autocast relative to float32 "
+            "(below 1: slower), and whether the processor executes bfloat16 natively (where it "
+            "does not, autocast is emulated)."
+        )
+    if "busy_percent" in df:
+        shown["other load %"] = _blank_if_missing(df["busy_percent"].round(0))
+        note += " Other load: the share of the CPUs other processes used while a case was timed."
     return _md(shown) + note
 
 

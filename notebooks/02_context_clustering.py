@@ -792,12 +792,13 @@ print(
     f"({top_p['peak_mib']:.0f} MiB against {top_c['peak_mib']:.0f} MiB)"
 )
 if M_max > M_min:
+    power = {}
     for impl in implementations:
         grow = by.loc[(impl, N_max, M_max), "peak_mib"] / by.loc[(impl, N_max, M_min), "peak_mib"]
-        print(
-            f"{impl}: memory grows as M^{np.log(grow) / np.log(M_max / M_min):.2f} "
-            f"from M = {M_min} to {M_max}"
-        )
+        power[impl] = np.log(grow) / np.log(M_max / M_min)
+        print(f"{impl}: memory grows as M^{power[impl]:.2f} from M = {M_min} to {M_max}")
+    if {"paper", "cocs"} <= power.keys():  # the text above: M N D against N (M + D)
+        assert power["paper"] > power["cocs"], f"memory exponents: {power}"
 
 # %% [markdown]
 # ## Exercises

@@ -74,7 +74,7 @@ from matplotlib.ticker import MaxNLocator
 from torch.utils.flop_counter import FlopCounterMode
 
 import cocs
-from cocs.bench import hardware_name
+from cocs.bench import busy_percent, hardware_name, keep_quiet_timings
 from cocs.handbook import repo_root, results_path, save_figure, write_csv
 from cocs.runs import train_or_reuse, trained_on
 from cocs.stats import paired_difference
@@ -228,10 +228,33 @@ checkpoints.tail()
 #
 # Final accuracy is the last epoch's; best is the highest of any epoch (for information:
 # choosing it uses the validation set). Inference speed is timed here on a batch of random
-# images of the training size, gradients off.
+# images of the training size, gradients off, with the share of the CPUs that other processes
+# used meanwhile (`busy_percent`): timings of a busy machine never replace a quiet machine's
+# committed ones; they are written beside them, to `summary.busy.csv`.
 
 # %%
 batch = torch.randn(2 * batch_size, 3, img_size, img_size)  # (B, 3, H, W)
+busy = busy_percent()  # what the rest of the machine is doing while inference is timed
+committed_summary = out / "summary.csv"
+committed_summary = pd.read_csv(committed_summary) if committed_summary.is_file() else None
+
+
+def write_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Writes summary.csv; inference timings of a busy machine never replace the committed
+    ones of a quiet machine: they go beside them, to summary.busy.csv."""
+    table = table.assign(busy_percent=busy)
+    if committed_summary is not None:
+        table, aside = keep_quiet_timings(
+            table, out / "summary.csv", key="model", columns=["infer_img_s"],
+            old=committed_summary, context=("infer_hardware",),
+        )  # fmt: skip
+        if aside is not None:
+            write_csv(aside, out / "summary.busy.csv")
+            print(f"this machine was busy ({busy:.0f}% of the CPUs in other processes): the "
+                  "quiet inference timings of summary.csv are kept; these are in "
+                  "summary.busy.csv")  # fmt: skip
+    write_csv(table, out / "summary.csv")
+    return table
 
 
 def images_per_second(net: torch.nn.Module) -> float:
@@ -268,7 +291,7 @@ summary = pd.DataFrame(
         }
     ]
 )
-write_csv(summary, out / "summary.csv")
+summary = write_summary(summary)
 final = summary["val_top1_final"].iloc[0]
 print(
     f"{model} at {img_size}px: {final:.2f}% validation top-1 after epoch {epochs}; the "
@@ -310,7 +333,7 @@ if peer:
         "train_images": peer_run["train_images"], "val_images": peer_run["test_images"],
         **trained_on(peer_run), "infer_hardware": f"{hardware}, {threads} threads",
     }])], ignore_index=True)  # fmt: skip
-    write_csv(summary, out / "summary.csv")
+    summary = write_summary(summary)
     outcomes = {}
     for name, folder in ((model, out), (peer, out / "peer" / peer)):
         with np.load(folder / "predictions.npz") as f:

@@ -208,6 +208,10 @@ camvid_reported
 # backbone from ImageNet weights: the pretraining rows are this chapter's own question.
 
 # %%
+scratch = runs[runs["run"].str.match(r"coc_\d+$")].sort_values("centres")
+assert scratch["epochs"].is_monotonic_decreasing, (  # the prose: costlier, fewer epochs
+    f"more centres did not cost epochs here: {scratch[['centres', 'epochs']].to_dict('records')}"
+)
 confusions = {}
 for r in runs["run"]:
     with np.load(out / r / "predictions.npz") as f:

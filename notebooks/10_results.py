@@ -73,9 +73,9 @@ print(f"sections not run yet: {missing or 'none'}")
 #
 # The model family table is the strongest claim of exactness: parameter counts and MACs come
 # from the models built here and round to the paper's Table 1. The training tables are this
-# machine's: short CPU schedules, not the paper's 300 GPU epochs, so they test whether the
-# architecture learns and what it costs, not its final ImageNet accuracy. The ablation verdicts
-# follow from 95% intervals of paired differences over seeds and test images (chapter 6
-# explains them), and the table carries the scale it was measured at. The speed table compares
-# two implementations of the same model on the same machine, so its ratios travel better than
-# its absolute times.
+# machine's: short CPU schedules, not the 300 GPU epochs of the release's recipe, so they test
+# whether the architecture learns and what it costs, not its final ImageNet accuracy. The
+# ablation verdicts follow from 95% intervals of paired differences over seeds and test
+# images (chapter 6 explains them), and the table carries the scale it was measured at. The
+# speed table compares two implementations of the same model on the same machine, so its
+# ratios travel better than its absolute times.

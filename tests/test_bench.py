@@ -8,6 +8,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from cocs import bench
 from cocs.bench import compare, cpu_peak_mib, hardware_name, main, paper_model
 
 
@@ -83,6 +84,27 @@ def test_compiled_contender_is_timed_on_its_own_copy(monkeypatch):
     assert "compiled_speedup" not in plain
 
 
+def test_bf16_contender_runs_under_autocast_on_its_own_copy(monkeypatch):
+    from cocs.train import cpu_has_native_bf16
+
+    dtypes = []  # the dtype of the stem's output in each timed step, recorded by a hook
+    real = bench._step
+
+    def step(model, opt, x, y):
+        handle = model.patch_embed.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+        try:
+            real(model, opt, x, y)
+        finally:
+            handle.remove()
+
+    monkeypatch.setattr(bench, "_step", step)
+    row = compare("coc_micro", img_size=32, batch=2, steps=1, warmup=0, bf16=True)
+    assert row["bf16_step_s"] > 0 and row["bf16_ratio"] > 0
+    assert row["native_bf16"] == cpu_has_native_bf16()
+    # one timed step each (paper, cocs, bf16), then the memory measurement's (paper, cocs)
+    assert dtypes == [torch.float32, torch.float32, torch.bfloat16, torch.float32, torch.float32]
+
+
 def test_compiled_gradients_are_checked_against_eager(monkeypatch):
     """A compiler that changed the function would show in compiled_grad_diff."""
 
@@ -101,6 +123,7 @@ def test_compiled_gradients_are_checked_against_eager(monkeypatch):
 
 def test_main_replaces_the_cases_it_measured_and_keeps_the_others(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda m: m)  # the wiring, without minutes of compiling
+    monkeypatch.setattr(bench, "busy_percent", lambda: 0.0)
     quick = ["--in_process", "--steps", "1", "--warmup", "0", "--out_dir", str(tmp_path)]
     quick += ["--cases"]
     main([*quick, "coc_micro:32:4", "coc_micro:32:2"])
@@ -110,6 +133,22 @@ def test_main_replaces_the_cases_it_measured_and_keeps_the_others(tmp_path, monk
     assert list(table["batch"]) == [4, 2]  # the re-measured case keeps its place
     assert table.loc[0, "compiled_speedup"] > 0 and pd.isna(table.loc[1, "compiled_speedup"])
     assert table.loc[1, "cocs_step_s"] == before.loc[1, "cocs_step_s"]  # kept as it was
+
+
+def test_main_on_a_busy_machine_keeps_the_quiet_timings(tmp_path, monkeypatch):
+    quick = ["--in_process", "--steps", "1", "--warmup", "0", "--out_dir", str(tmp_path)]
+    monkeypatch.setattr(bench, "busy_percent", lambda: 2.0)
+    path = main([*quick, "--cases", "coc_micro:32:2"])
+    quiet = pd.read_csv(path)
+    monkeypatch.setattr(bench, "busy_percent", lambda: bench.BUSY_PERCENT + 50)
+    main([*quick, "--cases", "coc_micro:32:2", "coc_micro:32:4"])
+    table, aside = pd.read_csv(path), pd.read_csv(path.with_suffix(".busy.csv"))
+    assert list(table["batch"]) == [2, 4] and list(aside["batch"]) == [2, 4]
+    assert table.loc[0, "cocs_step_s"] == quiet.loc[0, "cocs_step_s"]  # the quiet timing stays
+    assert table.loc[0, "busy_percent"] == 2.0
+    # a case measured only on the busy machine has no quiet timing to keep: its own, labelled
+    assert table.loc[1, "cocs_step_s"] == aside.loc[1, "cocs_step_s"] > 0
+    assert table.loc[1, "busy_percent"] == bench.BUSY_PERCENT + 50
 
 
 def test_a_malformed_case_names_itself(capsys):
@@ -136,4 +175,9 @@ def test_busy_timings_never_replace_quiet_ones(tmp_path):
     assert aside["img_s"].tolist() == [10.0, 5.0], "the busy timings are kept beside, labelled"
     again = quiet.assign(img_s=[99.0, 51.0], busy_percent=1.0)
     assert keep_quiet_timings(again, path, key="variant", columns=["img_s"])[1] is None
+    # where the table's hardware says where it trained, not where it was timed: only the
+    # named context columns come with the kept timings
+    moved = busy.assign(hardware="y", where="z")
+    kept, _ = keep_quiet_timings(moved, path, key="variant", columns=["img_s"], context=("where",))
+    assert kept["img_s"].tolist() == [100.0, 50.0] and (kept["hardware"] == "y").all()
     assert 0 <= busy_percent(0.2) <= 100

@@ -199,9 +199,11 @@ def _(out: Path):
             "epochs",
             "threads",
             "hardware",
+            "busy_percent",
         ],
     ).set_index("model")
     assert {"coc_cifar", "resnet_cifar", "vit_cifar"} <= set(comparison.index)
+    assert comparison["busy_percent"].between(0, 100).all(), "the load while inference was timed"
     assert comparison["params"].between(1.5e6, 4e6).all(), "the peers should match coc_cifar's size"
     for column in ("test_acc_final", "test_acc_flip"):  # NaN fails too
         assert comparison[column].between(0, 100).all(), column
@@ -247,9 +249,11 @@ def _(out: Path):
             "wall_minutes",
             "train_img_s",
             "infer_img_s",
+            "busy_percent",
         ],
     )
     assert len(summary) == 2  # the model and its peer
+    assert summary["busy_percent"].between(0, 100).all(), "the load while inference was timed"
     s = summary.iloc[0]
     assert 0 <= s["val_top1_final"] <= s["val_top1_best"] <= 100
     assert s["params"] > 0 and s["macs_m"] > 0 and s["train_img_s"] > 0 and s["infer_img_s"] > 0
@@ -313,7 +317,9 @@ def _(out: Path):
     png_image(out / "trace.png")
     diagnosis = csv_table(out / "diagnosis.csv", ["key", "seed", "weights", "stage", "den_min"])
     assert {"initial", "trained"} <= set(diagnosis["weights"])
-    costs = csv_table(out / "costs.csv", ["key", "train_ratio", "infer_ratio"]).set_index("key")
+    costs = csv_table(
+        out / "costs.csv", ["key", "train_ratio", "infer_ratio", "busy_percent"]
+    ).set_index("key")
     assert costs.loc["full", "train_ratio"] == 1 and (costs["train_ratio"] > 0).all()
     png_image(out / "ablations.png")
 
@@ -332,13 +338,15 @@ def _(out: Path):
     png_image(out / "evolution.png")
     with Image.open(out / "evolution.gif") as gif:
         assert gif.format == "GIF" and gif.n_frames >= 2, "the evolution needs two frames or more"
-    agreement = csv_table(
-        out / "agreement.csv", ["model", "stage", "head", "trivial", "ari_grid", "ari_untrained"]
-    )
+    ari = ["ari_grid", "ari_grid_of_untrained", "ari_untrained"]
+    agreement = csv_table(out / "agreement.csv", ["model", "stage", "head", "trivial", *ari])
     assert {"coc_cifar", "coc_imagenette"} <= set(agreement["model"])
     scored = agreement[~agreement["trivial"]]
-    assert len(scored) and scored[["ari_grid", "ari_untrained"]].stack().between(-1, 1).all()
+    assert len(scored) and scored[ari].stack().between(-1, 1).all()
     assert agreement.loc[agreement["trivial"], "ari_grid"].isna().all()
+    shift = csv_table(out / "grid_shift.csv", ["model", "photo", "difference"])
+    assert set(shift["model"]) == set(agreement["model"])
+    assert shift["difference"].between(-2, 2).all(), "a difference of two ARIs"
     cifar_last = agreement[(agreement["model"] == "coc_cifar") & (agreement["stage"] == 4)]
     assert cifar_last["trivial"].all(), "coc_cifar's last stage has one centre and one region"
     moved = csv_table(

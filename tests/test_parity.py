@@ -81,6 +81,15 @@ def test_checkpoint_file_with_training_wrapper(official_layout, tmp_path):
     torch.testing.assert_close(model.patch_embed.proj.weight, state["patch_embed.proj.weight"])
 
 
+@pytest.mark.parametrize("layout", ["bare", "model"])
+def test_bare_and_model_wrapped_files_load_by_path(official_layout, tmp_path, layout):
+    state = _random_state(official_layout["coc_tiny"])
+    path = tmp_path / f"{layout}.pth"
+    torch.save(state if layout == "bare" else {"model": state, "epoch": 3}, path)
+    model = load_official_checkpoint(path, timm.create_model("coc_tiny"))
+    torch.testing.assert_close(model.patch_embed.proj.weight, state["patch_embed.proj.weight"])
+
+
 def test_checkpoint_of_another_variant_is_named(official_layout):
     state = _random_state(official_layout["coc_small"])
     with pytest.raises(ValueError, match=r"does not fit .*coc_tiny.*it fits coc_small"):

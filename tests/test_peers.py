@@ -52,7 +52,19 @@ def test_vit_sees_4x4_patches():
     assert model.global_pool == "avg"
 
 
-@pytest.mark.parametrize("name", [n for n in PEERS if shipped(n) is None])
-def test_pretrained_without_shipped_weights_says_so(name):
-    with pytest.raises(ValueError, match="no trained weights ship"):
+@pytest.mark.parametrize("name", PEERS)
+def test_pretrained_without_shipped_weights_says_so(name, monkeypatch):
+    from cocs import weights
+
+    monkeypatch.setattr(weights, "manifest", lambda folder=None: {})  # a package without them
+    with pytest.raises(ValueError, match=f"no trained weights ship for {name}"):
         timm.create_model(name, pretrained=True)
+
+
+@pytest.mark.parametrize("name", [n for n in PEERS if shipped(n) is not None])
+def test_pretrained_peers_load_their_shipped_weights(name):
+    fresh, trained = timm.create_model(name), timm.create_model(name, pretrained=True)
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(fresh.state_dict().values(), trained.state_dict().values(), strict=True)
+    )

@@ -55,6 +55,47 @@ def test_compiled_columns_are_blank_where_not_measured(tmp_path):
     assert x[-2:] == ["2.1", "239"] and y[-2:] == ["", ""]
 
 
+def test_bf16_and_load_columns_and_busy_files(tmp_path):
+    (tmp_path / "bench").mkdir()
+    row = {"img_size": 32, "batch": 8, "speedup": 1.5, "memory_ratio": 0.4, "busy_percent": 3.0}
+    pd.DataFrame(
+        [
+            {"model": "coc_x", **row, "bf16_ratio": 0.114, "native_bf16": False},
+            {"model": "coc_y", **row},
+        ]
+    ).to_csv(tmp_path / "bench" / "some-cpu.csv", index=False)
+    pd.DataFrame([{"model": "coc_z", **row, "busy_percent": 90.0}]).to_csv(
+        tmp_path / "bench" / "some-cpu.busy.csv", index=False
+    )
+    text = report.render(tmp_path)
+    assert "coc_z" not in text, "a busy machine's timings stay out of the table"
+    x, y = (
+        [c.strip() for c in next(s for s in text.splitlines() if f"| {m}" in s).split("|")[1:-1]]
+        for m in ("coc_x", "coc_y")
+    )
+    assert x[-3:] == ["0.11", "no", "3"] and y[-3:] == ["", "", "3"]
+
+
+def test_cifar_table_shows_the_same_budget_on_other_machines(tmp_path):
+    (tmp_path / "04_cifar10").mkdir()
+    run = {"test_acc_final": 70.1, "params": 2.5e6, "macs_m": 33.5, "epochs": 8, "threads": 2,
+           "train_img_s": 200.0, "infer_img_s": 900.0, "wall_minutes": 38.0, "budget_minutes": 39.0}  # fmt: skip
+    pd.DataFrame([{"model": "coc_cifar", **run, "hardware": "CPU A", "autocast": "off"}]).to_csv(
+        tmp_path / "04_cifar10" / "comparison.csv", index=False
+    )
+    text = report.render(tmp_path)
+    assert "other machines" not in text, "nothing to show without other_machines.csv"
+    here = dict(run="this run", hardware="CPU A", autocast="off", epochs=8, test_acc_final=70.09)
+    there = dict(run="cpu-b", hardware="CPU B", autocast="bfloat16", epochs=29, test_acc_final=80.9)
+    pd.DataFrame([here, there]).assign(model="coc_cifar").to_csv(
+        tmp_path / "04_cifar10" / "other_machines.csv", index=False
+    )
+    text = report.render(tmp_path)
+    assert "The same budget on other machines" in text
+    assert "| this run | coc_cifar | CPU A      | float32    |        8 |" in text
+    assert "| cpu-b    | coc_cifar | CPU B      | bfloat16   |       29 |" in text
+
+
 def _metrics(config: dict, model: str = "coc_micro") -> dict:
     """A metrics.json of a run of ``model`` with ``config``, with today's fingerprint."""
     from cocs.fingerprint import model_fingerprint

@@ -100,7 +100,8 @@ metrics[["epoch", "lr", "train_loss", "train_acc", "test_acc", "epoch_seconds"]]
 # changed. Forty optimiser steps lower the training loss, which is what a working loop must
 # show first: a loss that does not fall points to a bug, not to the model. The test accuracy
 # on 100 images after so little training is noise around chance (10%), and a run this short
-# cannot say which architecture is better; that takes the chapter's budget of many epochs.
+# cannot say which architecture is better; that takes the chapter's budgets, and its paired
+# comparison on the full test set.
 # `amp = "off"` trains in float32 on every machine, so that the expected outcome is the same
 # everywhere. (`amp = "auto"`, the engine's default, would train in bfloat16 only on a CPU
 # with native bfloat16 instructions, and in float32 on any other.)

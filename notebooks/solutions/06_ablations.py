@@ -131,8 +131,8 @@ pd.concat(found, names=["similarity"]).round(4)
 # $[-1, 1]$: a point whose features point away from every centre of its region still joins
 # the least bad one, with a negative weight, and enough such points can bring a denominator
 # near zero, where the aggregate, and the gradient through it, are scaled without bound. The
-# untrained models already show the negative weights; the chapter's diagnosis follows them
-# through training, where they grow.
+# untrained models already show the negative weights; the chapter's diagnosis replays the
+# beginning of training to see whether they grow there (`trace.csv`).
 
 # %%
 sigmoid, cosine = found["sigmoid"], found["cosine"]
