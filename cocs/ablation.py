@@ -220,6 +220,8 @@ def finished_run(cfg) -> dict | None:
 
 
 def _row(key: str, seed: int, meta: Mapping, reused: bool) -> dict:
+    from .runs import trained_on
+
     failed = meta.get("diverged")
     final = {} if failed else meta["final"]
     return {
@@ -239,8 +241,7 @@ def _row(key: str, seed: int, meta: Mapping, reused: bool) -> dict:
         "fingerprint": meta["fingerprint"],
         "git_commit": meta["environment"]["git_commit"],
         "git_dirty": meta["environment"]["git_dirty"],
-        "hardware": meta["environment"]["hardware"]["cpu"],
-        "threads": meta["environment"]["hardware"]["torch_threads"],
+        **trained_on(meta),  # hardware (with its vector capability), threads, autocast
         "reused": reused,
     }
 

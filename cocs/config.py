@@ -12,7 +12,7 @@ import json
 import numbers
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -305,12 +305,13 @@ def recipe(cfg: "TrainConfig | Mapping") -> dict:
     return {k: v for k, v in d.items() if k not in RUN_ONLY_KEYS | {"model", "model_kwargs"}}
 
 
-def same_recipe(recorded: Mapping, cfg: "TrainConfig") -> bool:
-    """Whether a recorded :func:`recipe` is that of ``cfg``. A key the record lacks (a setting
-    added since) counts as its default; a key only the record has (one removed since) is
-    ignored, so that adding a setting does not make every committed run stale."""
-    defaults = asdict(TrainConfig())
-    return all(recorded.get(k, defaults[k]) == v for k, v in recipe(cfg).items())
+def same_recipe(recorded: Mapping, cfg: "TrainConfig", *, ignore: Iterable[str] = ()) -> bool:
+    """Whether a recorded :func:`recipe` is that of ``cfg``, the keys in ``ignore`` aside. A
+    key the record lacks (a setting added since) counts as its default; a key only the record
+    has (one removed since) is ignored, so that adding a setting does not make every committed
+    run stale."""
+    defaults, skip = asdict(TrainConfig()), set(ignore)
+    return all(recorded.get(k, defaults[k]) == v for k, v in recipe(cfg).items() if k not in skip)
 
 
 def portable_source(text: str) -> str:

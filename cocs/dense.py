@@ -12,12 +12,22 @@ that does not gets the clustering's error naming the sizes (``cocs.cluster``).
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import torch.nn.functional as F
 from timm.models import register_model
 from torch import Tensor, nn
 
-__all__ = ["FPNBackbone", "SemanticFPN", "build_detector", "semantic_fpn"]
+__all__ = ["FPNBackbone", "SemanticFPN", "build_detector", "semantic_fpn", "shown_key"]
+
+
+def shown_key(run: Mapping) -> dict:
+    """What chapter 9's figures draw from a finished segmentation run (kept in its
+    ``shown.npz``, :func:`cocs.runs.write_kept`) depends on: the run's model, the test images
+    shown (the first and the middle one), their size and the test set."""
+    n = run["test_images"]
+    return {"fingerprint": run["fingerprint"], "shown": [0, n // 2],
+            "img_size": run["config"]["img_size"], "test_images": n}  # fmt: skip
 
 
 def _conv_gn_relu(cin: int, cout: int) -> nn.Sequential:

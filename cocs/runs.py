@@ -3,9 +3,10 @@
 A chapter that has trained a model keeps its files under ``results/`` (``metrics.json``,
 ``metrics.csv``, predictions), and they are committed; the checkpoints stay on the machine
 that trained, and a chapter may export the final weights into ``cocs/weights`` or keep them,
-in float16, beside the run's results (``save_weights``: a study whose runs need their models
-can then span machines). A later
-execution of the chapter, on any machine, can stand on that run instead of training it again,
+in float16, beside the run's results (``save_weights``: committed where they are small, so
+that a study whose runs need their models can span machines). What a chapter draws from a
+model can also be kept beside the run (:func:`write_kept`, :func:`read_kept`), so that a
+machine without the weights draws it again. A later execution of the chapter, on any machine, can stand on that run instead of training it again,
 but only while the run is what the code would train today: the same model fingerprint
 (:func:`cocs.fingerprint.model_fingerprint`) and the same recipe (:func:`cocs.config.recipe`).
 
@@ -22,6 +23,7 @@ import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .config import ConfigError, TrainConfig, portable_path, resolve_ckpt_dir, same_recipe
@@ -33,8 +35,10 @@ __all__ = [
     "budget_caveat",
     "finished",
     "mismatch",
+    "read_kept",
     "train_or_reuse",
     "trained_on",
+    "write_kept",
 ]
 
 
@@ -87,16 +91,25 @@ def _load_weights(cfg: TrainConfig, model: torch.nn.Module, meta: Mapping) -> st
     ):
         load_shipped(model, cfg.model)
         return f"shipped float16 weights cocs/weights/{entry['file']}"
-    kept = meta.get("final_weights")  # written with save_weights, committed with the results
+    kept = meta.get("final_weights")  # written with save_weights, beside the results
     if kept and (Path(cfg.out_dir) / kept["file"]).is_file():
         load_float16(model, Path(cfg.out_dir) / kept["file"], kept["sha256"])
         return f"the run's float16 weights {portable_path(Path(cfg.out_dir) / kept['file'])}"
     return None
 
 
-def _check(cfg: TrainConfig) -> tuple[str | None, dict | None, torch.nn.Module | None]:
+def _chapter_of(path: str | Path) -> str:
+    """The chapter whose results folder holds ``path`` ("<chapter>" when none does)."""
+    key = _run_key(path)
+    return key[0] if key and key[0][:2].isdigit() else "<chapter>"
+
+
+def _check(
+    cfg: TrainConfig, ignore: Iterable[str] = ()
+) -> tuple[str | None, dict | None, torch.nn.Module | None]:
     """(why the files under ``cfg.out_dir`` cannot stand for a run of ``cfg`` or None, their
-    ``metrics.json``, the model ``cfg`` builds today)."""
+    ``metrics.json``, the model ``cfg`` builds today). The recipe's keys in ``ignore`` are not
+    compared."""
     from .config import recipe
     from .train import create_model
 
@@ -107,15 +120,14 @@ def _check(cfg: TrainConfig) -> tuple[str | None, dict | None, torch.nn.Module |
     if not (meta.get("complete") or meta.get("diverged")):
         done, planned = meta.get("epochs_done"), meta.get("epochs_planned")
         return f"its run stopped after {done} of {planned} epochs", meta, None
-    if "recipe" not in meta:
-        return (
-            "its metrics.json records no recipe (an older version of the engine wrote it)",
-            meta,
-            None,
-        )
-    if not same_recipe(meta["recipe"], cfg):
-        changed = [f"{k}: {meta['recipe'][k]!r} -> {v!r}" for k, v in recipe(cfg).items()
-                   if k in meta["recipe"] and meta["recipe"][k] != v]  # fmt: skip
+    recorded = meta.get("recipe")
+    if recorded is None and "config" in meta:  # written before the recipe was recorded apart
+        recorded = recipe(meta["config"])
+    if recorded is None:
+        return "its metrics.json records neither a recipe nor a config", meta, None
+    if not same_recipe(recorded, cfg, ignore=ignore):
+        changed = [f"{k}: {recorded[k]!r} -> {v!r}" for k, v in recipe(cfg).items()
+                   if k in recorded and k not in ignore and recorded[k] != v]  # fmt: skip
         return f"its recipe differs ({', '.join(changed) or 'settings added since'})", meta, None
     model = create_model(cfg, len(meta["classes"]))
     today = model_fingerprint(model)
@@ -128,10 +140,11 @@ def _check(cfg: TrainConfig) -> tuple[str | None, dict | None, torch.nn.Module |
     return None, meta, model
 
 
-def mismatch(cfg: TrainConfig | Mapping) -> str | None:
+def mismatch(cfg: TrainConfig | Mapping, *, ignore: Iterable[str] = ()) -> str | None:
     """Why the files under ``cfg.out_dir`` cannot stand for a run of ``cfg``; None when they
-    can (see :func:`finished`)."""
-    return _check(TrainConfig.from_dict(cfg))[0]
+    can (see :func:`finished`). ``ignore``: recipe keys left out of the comparison, for a
+    caller that shows how they differ (e.g. ``{"amp"}``: runs of other machines' precision)."""
+    return _check(TrainConfig.from_dict(cfg), frozenset(ignore))[0]
 
 
 def finished(cfg: TrainConfig | Mapping, *, weights: bool = True) -> dict | None:
@@ -188,11 +201,10 @@ def train_or_reuse(
             if done is not None
             else f"no finished run there matches today's code: {_check(cfg)[0]}"
         )
-        key = _run_key(cfg.out_dir)
-        chapter = key[0] if key and key[0][:2].isdigit() else "<chapter>"
         raise MissingRun(
             f"{portable_path(cfg.out_dir)}: {why}; train it with the chapter's default profile "
-            f"(`python -m cocs.handbook run {chapter}`), or pass train_missing=True."
+            f"(`python -m cocs.handbook run {_chapter_of(cfg.out_dir)}`), or pass "
+            "train_missing=True."
         )
     if done is not None:
         print(
@@ -247,3 +259,33 @@ def budget_caveat(machines: Iterable[Mapping]) -> str | None:
         "there are not equal work, so compare budgeted runs only within one of them, or train "
         "the others again on one machine"
     )
+
+
+def write_kept(path: str | Path, key: Mapping, arrays: Mapping[str, np.ndarray]) -> None:
+    """Keep arrays that a chapter computes from a run's model (a figure's predictions, say) in
+    a small file beside the run's results, with ``key``: what they depend on (the run's
+    fingerprint, the images shown, ...). A later execution without the model's weights reads
+    them back with :func:`read_kept` instead of needing the model. Written atomically."""
+    import io
+
+    from .handbook import atomic_write_bytes
+
+    if "key" in arrays:
+        raise ValueError(
+            "'key' is the name under which write_kept stores the key; rename the array"
+        )
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, key=np.array(json.dumps(dict(key), sort_keys=True)), **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_kept(path: str | Path, key: Mapping) -> dict[str, np.ndarray] | None:
+    """The arrays :func:`write_kept` kept at ``path`` for this very ``key``; None when the file
+    is missing or was written for another key (another model, other images)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    with np.load(path) as f:
+        if json.loads(str(f["key"])) != json.loads(json.dumps(dict(key), sort_keys=True)):
+            return None
+        return {k: f[k] for k in f.files if k != "key"}

@@ -762,8 +762,8 @@ def _train(
 
         _write_atomic(out_dir / "predictions.npz", write)
     final_weights = None
-    if cfg.save_weights and complete and is_main:  # committed with the results: a later
-        from .weights import save_float16  # execution elsewhere reuses the run with its model
+    if cfg.save_weights and complete and is_main:  # beside the results: a later execution
+        from .weights import save_float16  # that finds them reuses the run with its model
 
         final_weights = {"file": FINAL_WEIGHTS, "dtype": "float16",
                          "sha256": save_float16(model, out_dir / FINAL_WEIGHTS)}  # fmt: skip

@@ -419,7 +419,7 @@ for name in [n for n in both.index if n in img_s]:
 #    the centres multiplies each stage's similarity MACs by its number of regions, as blocks x
 #    heads x N x centres per region x D predicts.
 # 3. **Batch size.** Time inference of `coc_cifar` on random 32 x 32 images in batches of 1, 8
-#    and 64, in CPU seconds (`time.process_time`, which other programs on the machine do not
-#    inflate), the fastest of 5 passes each. *Expected:* images per CPU second grow with the
+#    and 64, on one thread, in CPU seconds (`time.process_time`, which other programs on the
+#    machine do not inflate), the fastest of 5 passes each. *Expected:* images per CPU second grow with the
 #    batch, though far from in proportion: a single image leaves the CPU busy with the overhead
 #    of each operation, which a batch shares.

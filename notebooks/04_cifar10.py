@@ -89,10 +89,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import cocs
 from cocs.bench import busy_percent, hardware_name, keep_quiet_timings
-from cocs.config import recipe
 from cocs.handbook import atomic_write_text, results_path, save_figure, write_csv
 from cocs.paper import table
-from cocs.runs import budget_caveat, train_or_reuse, trained_on
+from cocs.runs import budget_caveat, mismatch, train_or_reuse, trained_on
 from cocs.stats import paired_difference
 from cocs.train import TrainConfig, portable_path
 from cocs.weights import WEIGHTS_DIR, export
@@ -391,12 +390,8 @@ for folder in sorted(p.parent for p in (out / "earlier").glob("*/*/metrics.json"
         globals(), model=folder.name, dataset="cifar10", epochs=epochs,
         budget_minutes=0.0 if epochs else budget_minutes, out_dir=str(folder), progress=False,
     )  # fmt: skip
-    today = cocs.model_fingerprint(cocs.create_model(folder.name, num_classes=10))
-    now = recipe(cfg)  # keys the record lacks were added since; keys only it has, removed
-    differ = [k for k, v in recipe(r["config"]).items() if k != "amp" and now.get(k, v) != v]
-    if r.get("fingerprint") != today or differ or not r.get("complete"):
-        print(f"{portable_path(folder)}: not today's model, recipe ({differ}) or not finished: "
-              "not shown")  # fmt: skip
+    if why := mismatch(cfg, ignore={"amp"}):  # the precision is what the table shows
+        print(f"{portable_path(folder)}: {why}: not shown")
         continue
     others.append({"run": folder.parent.name, "model": folder.name, **trained_on(r),
                    "epochs": r["epochs_done"], "test_acc_final": r["final"]["test_acc"],

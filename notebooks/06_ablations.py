@@ -341,8 +341,10 @@ for ax, part in zip(axes, (ran[~big], ran[big]), strict=True):
 axes[1].yaxis.tick_right()
 axes[1].set_xlabel("change (points)")
 axes[0].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13))
+n_machines = runs.groupby(["hardware", "threads"]).ngroups
 fig.suptitle(f"Ablations of coc_cifar: {epochs} epoch{'s' * (epochs > 1)} on {int(runs['train_images'].iloc[0])} "
-             f"images, paired seeds ({hardware}, {threads} threads)")  # fmt: skip
+             f"images, paired seeds (runs on {n_machines} machine{'s' * (n_machines > 1)}: see "
+             "findings.md)")  # fmt: skip
 fig.tight_layout()
 save_figure(fig, out / "ablations.png")
 plt.show()
@@ -362,12 +364,13 @@ verdicts = findings(differences, paper)
 write_csv(verdicts, out / "findings.csv")
 first = runs.iloc[0]
 seeds_per_key = runs.groupby("key")["seed"].nunique()
+machines = runs.groupby(["hardware", "threads", "autocast"], sort=False).size()  # machines
+where = "; ".join(f"{n} on {h}, {t} threads, autocast {a}" for (h, t, a), n in machines.items())
 caption = (
     f"coc_cifar on CIFAR-10: {epochs} epochs, {int(first['train_images'])} training and "
     f"{int(first['test_images'])} test images, {seeds_per_key.min()}-{seeds_per_key.max()} "
-    f"paired seeds per ablation ({len(runs)} of the {len(plan)} planned runs); "
-    f"{first['hardware']}, {int(first['threads'])} threads; differences with 95% intervals "
-    "(paired bootstrap over test images, combined over seeds)."
+    f"paired seeds per ablation ({len(runs)} of the {len(plan)} planned runs: {where}); "
+    "differences with 95% intervals (paired bootstrap over test images, combined over seeds)."
 )
 lines = []
 for _, f in verdicts.iterrows():
@@ -406,8 +409,8 @@ study = {
     "test_images": int(first["test_images"]),
     "runs": len(runs),
     "training_hours": runs["minutes"].sum() / 60,
-    "hardware": first["hardware"],
-    "threads": int(first["threads"]),
+    "machines": [{"hardware": h, "threads": int(t), "autocast": a, "runs": int(n)}
+                 for (h, t, a), n in machines.items()],
 }
 atomic_write_text(out / "study.json", json.dumps(study, indent=2) + "\n")
 print(text)

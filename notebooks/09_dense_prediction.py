@@ -32,8 +32,11 @@
 # budget; void pixels count nowhere. It writes, under `results/09_dense_prediction/`:
 #
 # - `<run>/metrics.csv`, `metrics.json`, `predictions.npz` (each test image's confusion
-#   matrix), `weights.safetensors` (the final weights in float16, so that the chapter reuses
-#   the run, model included, on another machine);
+#   matrix), `shown.npz` (what the figures below draw from the model: its predictions of the
+#   images shown and, for a Context Cluster, its first stage's assignment), so that the
+#   chapter reuses the run, figures included, on a machine without its weights; and
+#   `weights.safetensors` (the final weights in float16, kept on the machine that trained,
+#   not committed: git ignores them);
 # - `runs.csv`: mean IoU (with its interval over the test set) and pixel accuracy per run;
 #   `per_class.csv`: IoU of every class;
 # - `comparisons.csv`: the paper's claims as paired differences with intervals and verdicts;
@@ -76,13 +79,14 @@ import cocs  # noqa: F401  (registers the models)
 from cocs.ablation import Finding, verdict
 from cocs.bench import hardware_name
 from cocs.camvid import CLASSES
+from cocs.dense import shown_key
 from cocs.handbook import results_path, save_figure, write_csv
 from cocs.maps import blend
 from cocs.model import capture_assignments
 from cocs.paper import numbers
-from cocs.runs import budget_caveat, train_or_reuse, trained_on
+from cocs.runs import budget_caveat, read_kept, train_or_reuse, trained_on, write_kept
 from cocs.stats import miou_interval, paired_miou_difference
-from cocs.train import TrainConfig, build_data, mean_iou
+from cocs.train import TrainConfig, build_data, mean_iou, portable_path
 from cocs.weights import shipped
 
 started = time.perf_counter()
@@ -91,6 +95,9 @@ if num_threads:
 out = results_path(results_dir, "09_dense_prediction")
 hardware, threads = hardware_name(), torch.get_num_threads()
 sides = [int(c) for c in centres.split(",") if c.strip()]
+bundle = build_data(TrainConfig.from_namespace(globals(), model="semantic_fpn", dataset="camvid",
+                                               epochs=0, progress=False))  # fmt: skip
+shown = [0, len(bundle.test) // 2]  # the test images the figures show (cocs.dense.shown_key)
 
 # %% [markdown]
 # ## The runs
@@ -118,7 +125,9 @@ pd.DataFrame(plan, columns=["run", "backbone", "backbone_kwargs", "pretrained"])
 #
 # AdamW with a cosine schedule after a warm-up epoch, random scaling (0.75-1.5), crops and
 # flips of image and mask together (`cocs.camvid.AugmentedSegmentation`), cross-entropy over
-# the non-void pixels; the engine fits as many epochs as the budget holds.
+# the non-void pixels; the engine fits as many epochs as the budget holds. A finished run is
+# reused without its model when its `shown.npz` matches it; otherwise its weights are loaded
+# (or, where this machine has none, it is trained again).
 
 # %%
 rows, models = [], {}
@@ -128,9 +137,11 @@ for run_name, body, kw, warm in plan:
         model_kwargs=f"backbone={body!r},backbone_kwargs={kw!r},pretrained={warm}",
         out_dir=str(out / run_name), progress=False,
     )  # fmt: skip
-    run = train_or_reuse(cfg, train_missing=train_missing)
+    run = train_or_reuse(cfg, train_missing=train_missing, need_model=False)
+    if run.get("model") is None and read_kept(out / run_name / "shown.npz", shown_key(run)) is None:
+        run = train_or_reuse(cfg, train_missing=train_missing)  # the figures need the model
     assert run["complete"], f"{run_name} did not finish its plan"
-    models[run_name] = run["model"]
+    models[run_name] = run
     with np.load(out / run_name / "predictions.npz") as f:
         confusion = f["confusion"]  # (images, C, C): each test image's pixel counts
     miou, iou = mean_iou(torch.from_numpy(confusion.sum(0)))
@@ -276,22 +287,31 @@ display(Markdown("\n".join(lines)))
 # %% [markdown]
 # ## What the models see
 #
-# Test images, their ground truth (void in black) and each model's prediction.
+# Test images, their ground truth (void in black) and each model's prediction. Each run's
+# `shown.npz` keeps what these figures need from its model, written whenever the model is at
+# hand and read back when it is not.
 
 # %%
-bundle = build_data(TrainConfig.from_namespace(globals(), model="semantic_fpn", dataset="camvid",
-                                               epochs=0, progress=False))  # fmt: skip
-shown = [0, len(bundle.test) // 2]
 x, y = bundle.test.__getitems__(shown)
 palette = np.array(plt.get_cmap("tab20").colors[:11] + ((0.0, 0.0, 0.0),))  # class 11: void
-with torch.no_grad():
-    preds = {name: m.eval()(cocs.data.normalize(x, bundle.mean, bundle.std)).argmax(1)
-             for name, m in models.items()}  # fmt: skip
+first_coc = f"coc_{sides[0] * sides[0]}"  # whose clusters are drawn below
+kept = {}
+for name, run in models.items():
+    path, net = out / name / "shown.npz", run.get("model")
+    if net is not None:  # draw from the model, and keep what was drawn
+        with torch.no_grad(), capture_assignments(net.eval()) as found:
+            arrays = {"pred": net(cocs.data.normalize(x, bundle.mean, bundle.std)).argmax(1)}
+        if found:  # a Context Cluster backbone: its first stage's assignment (images, heads, h, w)
+            arrays["assignment"] = next(iter(found.values()))
+        write_kept(path, shown_key(run), {k: v.numpy() for k, v in arrays.items()})
+    kept[name] = read_kept(path, shown_key(run))
+    assert kept[name] is not None, f"{portable_path(path)} does not match the run {name}"
+preds = {name: k["pred"] for name, k in kept.items()}
 cols = 2 + len(preds)
 fig, axes = plt.subplots(len(shown), cols, figsize=(2.6 * cols, 2.2 * len(shown)), squeeze=False)
 for r in range(len(shown)):
     panels = [x[r].permute(1, 2, 0).numpy(), palette[y[r].numpy()]]
-    panels += [palette[p[r].numpy()] for p in preds.values()]
+    panels += [palette[p[r]] for p in preds.values()]
     for c, (panel, title) in enumerate(zip(panels, ["image", "ground truth", *preds], strict=True)):
         axes[r, c].imshow(panel)
         axes[r, c].set_title(title, fontsize=8)
@@ -307,10 +327,7 @@ plt.show()
 # operation returns: within each region (white lines), one colour per centre.
 
 # %%
-net = models[f"coc_{sides[0] * sides[0]}"]
-with torch.no_grad(), capture_assignments(net) as found:
-    net(cocs.data.normalize(x[:1], bundle.mean, bundle.std))
-first = next(iter(found.values()))  # (1, heads, H / 4, W / 4)
+first = torch.from_numpy(kept[first_coc]["assignment"])  # (images, heads, H / 4, W / 4)
 fig, ax = plt.subplots(figsize=(6, 4.5))
 ax.imshow(blend(x[0], first[0, 0], centres=sides[0] ** 2))
 ax.set_title(f"stage 1, head 1: {first.shape[2]}x{first.shape[3]} points")

@@ -166,7 +166,7 @@ def test_a_run_that_fails_to_train_is_reported_and_the_study_goes_on(tmp_path, m
         meta = {"complete": False, "diverged": {"epoch": 1, "train_loss": "nan"},
                 "recipe": T.recipe(cfg), "classes": list("abcdefghij"), "final": None,
                 "fingerprint": model_fingerprint(T.create_model(cfg, 10)), "epoch_minutes": 0.5,
-                "params": 1, "epochs_done": 0, "train_images": 20, "test_images": 10,
+                "params": 1, "epochs_done": 0, "train_images": 20, "test_images": 10, "autocast": "off",
                 "environment": {"git_commit": "x", "git_dirty": False,
                                 "hardware": {"cpu": "cpu", "torch_threads": 1}}}  # fmt: skip
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)

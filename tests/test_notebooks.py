@@ -383,7 +383,9 @@ def _(out: Path):
 
     import numpy as np
 
+    from cocs import runs as R
     from cocs.camvid import CLASSES
+    from cocs.dense import shown_key
     from cocs.train import mean_iou
 
     runs = csv_table(out / "runs.csv", ["run", "backbone", "miou", "pixel_acc", "epochs"])
@@ -397,6 +399,12 @@ def _(out: Path):
             r["miou"]
         )
     assert (runs["miou_low"] < runs["miou"]).all() and (runs["miou"] < runs["miou_high"]).all()
+    for _, r in runs.iterrows():  # what the figures drew from each model, kept for reuse
+        meta = json.loads((out / r["run"] / "metrics.json").read_text())
+        kept = R.read_kept(out / r["run"] / "shown.npz", shown_key(meta))
+        assert kept is not None, f"{r['run']}: shown.npz missing or not this run's"
+        assert kept["pred"].shape[0] == 2 and kept["pred"].max() < 11
+        assert ("assignment" in kept) == r["run"].startswith("coc_")
     per_class = csv_table(out / "per_class.csv", ["class", *runs["run"]])
     assert per_class["class"].tolist() == list(CLASSES)
     comparisons = csv_table(out / "comparisons.csv", ["claim", "better", "worse", "mean", "low"])

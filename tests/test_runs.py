@@ -5,6 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -87,6 +88,25 @@ def test_train_or_reuse_trains_nothing_it_has(trained, monkeypatch):
     )
 
 
+def test_ignored_recipe_keys_and_records_without_a_recipe(trained, tmp_path):
+    cfg, _ = trained
+    copy = tmp_path / "results" / "older"
+    shutil.copytree(cfg.out_dir, copy)
+    meta = json.loads((copy / "metrics.json").read_text())
+    del meta["recipe"]  # an engine that recorded only the config
+    (copy / "metrics.json").write_text(json.dumps(meta))
+    older = T.TrainConfig.from_dict(vars(cfg) | {"out_dir": str(copy)})
+    assert R.mismatch(older) is None, "the recipe is read from the recorded config"
+    bf16 = T.TrainConfig.from_dict(vars(older) | {"amp": "bf16"})
+    assert R.mismatch(bf16) == f"its recipe differs (amp: {cfg.amp!r} -> 'bf16')"
+    assert R.mismatch(bf16, ignore={"amp"}) is None
+    both = T.TrainConfig.from_dict(vars(bf16) | {"lr": 1e-2})
+    assert R.mismatch(both, ignore={"amp"}) == "its recipe differs (lr: 0.002 -> 0.01)"
+    del meta["config"]
+    (copy / "metrics.json").write_text(json.dumps(meta))
+    assert R.mismatch(older) == "its metrics.json records neither a recipe nor a config"
+
+
 def test_without_a_checkpoint_the_shipped_weights_of_that_run_are_used(trained, tmp_path,
                                                                        monkeypatch):  # fmt: skip
     cfg, run = trained
@@ -140,3 +160,31 @@ def test_a_run_that_keeps_its_weights_is_reused_with_them_without_its_checkpoint
         f.write(b"\0\0\0\0")
     with pytest.raises(ValueError, match=r"weights\.safetensors is missing or does not match"):
         R.finished(kept)
+
+
+def test_kept_arrays_are_read_back_only_for_their_own_key(tmp_path):
+    path = tmp_path / "run" / "shown.npz"
+    assert R.read_kept(path, {"fingerprint": "a"}) is None, "no file yet"
+    pred = np.arange(12, dtype=np.int64).reshape(2, 2, 3)
+    R.write_kept(path, {"fingerprint": "a", "shown": [0, 5]}, {"pred": pred})
+    back = R.read_kept(path, {"shown": [0, 5], "fingerprint": "a"})  # key order is no matter
+    assert set(back) == {"pred"} and np.array_equal(back["pred"], pred)
+    assert R.read_kept(path, {"fingerprint": "b", "shown": [0, 5]}) is None, "another model"
+    assert R.read_kept(path, {"fingerprint": "a", "shown": [0, 6]}) is None, "other images"
+    assert [p.name for p in path.parent.iterdir()] == ["shown.npz"], "no temporary file left"
+    with pytest.raises(ValueError, match="'key' is the name"):
+        R.write_kept(path, {}, {"key": pred})
+
+
+def test_committed_segmentation_runs_keep_what_their_figures_draw():
+    """Chapter 9's run weights are not committed: each run's shown.npz must stand for them."""
+    from cocs.dense import shown_key
+
+    folder = Path(__file__).resolve().parents[1] / "results" / "09_dense_prediction"
+    runs = sorted(folder.glob("*/metrics.json"))
+    assert runs, f"no committed runs under {folder}"
+    for path in runs:
+        meta = json.loads(path.read_text())
+        kept = R.read_kept(path.parent / "shown.npz", shown_key(meta))
+        assert kept is not None, f"{path.parent.name}: shown.npz missing or not this run's"
+        assert kept["pred"].shape == (2, meta["config"]["img_size"], kept["pred"].shape[2])

@@ -135,12 +135,14 @@ assert every > 10 * base
 # %% [markdown]
 # ## Exercise 3: Batch size
 #
-# Time inference of `coc_cifar` on random 32 x 32 images in batches of 1, 8 and 64, in CPU
-# seconds, the fastest of 5 passes each. *Expected:* images per CPU second grow with the
+# Time inference of `coc_cifar` on random 32 x 32 images in batches of 1, 8 and 64, on one
+# thread, in CPU seconds, the fastest of 5 passes each. *Expected:* images per CPU second grow with the
 # batch, far from in proportion.
 
 # %%
 model = cocs.create_model("coc_cifar").eval()
+threads = torch.get_num_threads()
+torch.set_num_threads(1)  # one thread: CPU seconds then count no thread waiting for another
 speed = {}
 for batch in (int(b) for b in batches.split(",")):
     x = torch.randn(batch, 3, 32, 32)  # (B, 3, 32, 32)
@@ -152,8 +154,8 @@ for batch in (int(b) for b in batches.split(",")):
             model(x)
             seconds.append(time.process_time() - t0)
     speed[batch] = batch / min(seconds)
-    print(f"batch {batch:>3}: {speed[batch]:7.1f} images per CPU second "
-          f"({torch.get_num_threads()} threads)")  # fmt: skip
+    print(f"batch {batch:>3}: {speed[batch]:7.1f} images per CPU second (one thread)")
+torch.set_num_threads(threads)
 
 # %% [markdown]
 # A forward pass of `coc_cifar` is a few hundred small operations (projections, pooling,
@@ -163,8 +165,9 @@ for batch in (int(b) for b in batches.split(",")):
 # itself dominates and the rate levels off. CPU seconds, unlike wall-clock seconds, do not
 # count the time the process waited while other programs ran, and the fastest of several
 # passes is the usual estimate of what the code costs: a slower pass was slowed by something
-# else. (With several threads, CPU seconds add up the threads' time, waiting included, so on
-# an idle machine wall-clock images per second are what a user sees.) The paper's
+# else. (With several threads, CPU seconds add up the threads' time, waiting for each other
+# included, which is why this exercise uses one; on an idle machine wall-clock images per
+# second are what a user sees.) The paper's
 # nearly equal GPU throughputs for the tiny and the small model suggest that its GPU was
 # bound by such overheads (or data loading), not by arithmetic.
 
