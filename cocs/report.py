@@ -174,10 +174,13 @@ def _imagenette(results: Path) -> str | None:
     return _md(shown, 1) + note
 
 
-def _interval(row: pd.Series) -> str:
+def _interval(row: pd.Series, sign: int = 1) -> str:
+    """A difference with its interval; ``sign=-1``: of the pair read the other way round."""
     if pd.isna(row["mean"]):
         return ""
-    return f"{row['mean']:+.2f} [{row['low']:+.2f}, {row['high']:+.2f}]"
+    mean, low, high = (sign * row[c] for c in ("mean", "low", "high"))
+    low, high = min(low, high), max(low, high)
+    return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
 def _accuracy(row: pd.Series) -> str:
@@ -207,9 +210,9 @@ def _ablations(results: Path) -> str | None:
             "ablation": df["label"],
             "test acc. (%), mean ± sd": [_accuracy(r) for _, r in df.iterrows()],
             "seeds": df["seeds"],
-            "change vs full [95% interval]": [
-                "" if k not in vs_full.index else _interval(vs_full.loc[k]) for k in df["key"]
-            ],
+            "change vs full [95% interval]": [  # the variant minus the full model, as the paper
+                "" if k not in vs_full.index else _interval(vs_full.loc[k], -1) for k in df["key"]
+            ],  # (differences.csv holds full minus the variant)
             "detectable": [
                 "" if k not in vs_full.index or pd.isna(vs_full.loc[k, "detectable"])
                 else f"{vs_full.loc[k, 'detectable']:.2f}"

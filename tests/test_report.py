@@ -293,3 +293,20 @@ def test_imagenette_caption_gives_the_paired_difference_with_its_peer(tmp_path):
         "coc_imagenette minus resnet18_half, image by image on the validation set: -10.4 " in text
     )
     assert "(95% interval -11.7 to -9.1; the validation set's variation only, 1 seed each)" in text
+
+
+def test_ablation_changes_are_the_variant_minus_the_full_model_as_in_the_paper(tmp_path):
+    folder = tmp_path / "06_ablations"
+    folder.mkdir()
+    pd.DataFrame([
+        {"key": "full", "label": "full model", "seeds": 2, "failed": 0, "acc_mean": 76.0,
+         "acc_std": 0.4, "paper_delta": 0.0, "paper_says": ""},
+        {"key": "no_cluster", "label": "no context cluster", "seeds": 2, "failed": 0,
+         "acc_mean": 75.5, "acc_std": 0.6, "paper_delta": -3.3, "paper_says": ""},
+    ]).to_csv(folder / "summary.csv", index=False)  # fmt: skip
+    pd.DataFrame([{"a": "full", "b": "no_cluster", "mean": 0.5, "low": -0.1, "high": 1.1,
+                   "detectable": 0.8}]).to_csv(folder / "differences.csv", index=False)  # fmt: skip
+    (folder / "study.json").write_text(json.dumps({"caption": "a study"}))
+    text = report._ablations(tmp_path)
+    row = next(line for line in text.splitlines() if line.startswith("| no context cluster"))
+    assert "-0.50 [-1.10, +0.10]" in row and "-3.3" in row, "ours and the paper's, one sign"
