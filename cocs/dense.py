@@ -18,7 +18,19 @@ import torch.nn.functional as F
 from timm.models import register_model
 from torch import Tensor, nn
 
-__all__ = ["FPNBackbone", "SemanticFPN", "build_detector", "semantic_fpn", "shown_key"]
+__all__ = [
+    "FPNBackbone",
+    "SemanticFPN",
+    "build_detector",
+    "semantic_fpn",
+    "shown_images",
+    "shown_key",
+]
+
+
+def shown_images(test_images: int) -> list[int]:
+    """The test images chapter 9's figures show: the first and the middle one."""
+    return [0, test_images // 2]
 
 
 def shown_key(run: Mapping) -> dict:
@@ -26,7 +38,7 @@ def shown_key(run: Mapping) -> dict:
     ``shown.npz``, :func:`cocs.runs.write_kept`) depends on: the run's model, the test images
     shown (the first and the middle one), their size and the test set."""
     n = run["test_images"]
-    return {"fingerprint": run["fingerprint"], "shown": [0, n // 2],
+    return {"fingerprint": run["fingerprint"], "shown": shown_images(n),
             "img_size": run["config"]["img_size"], "test_images": n}  # fmt: skip
 
 

@@ -79,7 +79,7 @@ import cocs  # noqa: F401  (registers the models)
 from cocs.ablation import Finding, verdict
 from cocs.bench import hardware_name
 from cocs.camvid import CLASSES
-from cocs.dense import shown_key
+from cocs.dense import shown_images, shown_key
 from cocs.handbook import results_path, save_figure, write_csv
 from cocs.maps import blend
 from cocs.model import capture_assignments
@@ -97,7 +97,7 @@ hardware, threads = hardware_name(), torch.get_num_threads()
 sides = [int(c) for c in centres.split(",") if c.strip()]
 bundle = build_data(TrainConfig.from_namespace(globals(), model="semantic_fpn", dataset="camvid",
                                                epochs=0, progress=False))  # fmt: skip
-shown = [0, len(bundle.test) // 2]  # the test images the figures show (cocs.dense.shown_key)
+shown = shown_images(len(bundle.test))  # the test images the figures show
 
 # %% [markdown]
 # ## The runs
@@ -130,7 +130,7 @@ pd.DataFrame(plan, columns=["run", "backbone", "backbone_kwargs", "pretrained"])
 # (or, where this machine has none, it is trained again).
 
 # %%
-rows, models = [], {}
+rows, finished_runs = [], {}
 for run_name, body, kw, warm in plan:
     cfg = TrainConfig.from_namespace(
         globals(), model="semantic_fpn", dataset="camvid", epochs=0, save_predictions=True, save_weights=True,
@@ -141,7 +141,7 @@ for run_name, body, kw, warm in plan:
     if run.get("model") is None and read_kept(out / run_name / "shown.npz", shown_key(run)) is None:
         run = train_or_reuse(cfg, train_missing=train_missing)  # the figures need the model
     assert run["complete"], f"{run_name} did not finish its plan"
-    models[run_name] = run
+    finished_runs[run_name] = run
     with np.load(out / run_name / "predictions.npz") as f:
         confusion = f["confusion"]  # (images, C, C): each test image's pixel counts
     miou, iou = mean_iou(torch.from_numpy(confusion.sum(0)))
@@ -296,7 +296,7 @@ x, y = bundle.test.__getitems__(shown)
 palette = np.array(plt.get_cmap("tab20").colors[:11] + ((0.0, 0.0, 0.0),))  # class 11: void
 first_coc = f"coc_{sides[0] * sides[0]}"  # whose clusters are drawn below
 kept = {}
-for name, run in models.items():
+for name, run in finished_runs.items():
     path, net = out / name / "shown.npz", run.get("model")
     if net is not None:  # draw from the model, and keep what was drawn
         with torch.no_grad(), capture_assignments(net.eval()) as found:
