@@ -23,13 +23,14 @@ equality on shared weights).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from timm.models import register_model
 from torch import Tensor, nn
 
 from .cluster import context_cluster_sets
 from .pointsets import farthest_point_sample, gather, knn
 
-__all__ = ["PointCluster", "PointMLP", "pointmlp_elite", "pointmlp_elite_coc"]
+__all__ = ["PointCluster", "PointMLP", "group_spread", "pointmlp_elite", "pointmlp_elite_coc"]
 
 
 class LinearBN(nn.Module):
@@ -94,6 +95,34 @@ class PointCluster(nn.Module):
         return f"heads={self.heads}, head_dim={self.head_dim}"
 
 
+def group_spread(x: Tensor, idx: Tensor, near: Tensor) -> Tensor:
+    """The unbiased standard deviation, per shape, of every neighbour's features minus its
+    anchor's: ``(gather(x, near) - gather(x, idx).unsqueeze(2)).reshape(B, -1).std(-1)``,
+    without forming that (B, S, k, d) tensor.
+
+    Over the T = S * k * d differences c, var = (sum c^2 - (sum c)^2 / T) / (T - 1), where
+    sum c^2 = sum_j |x_j|^2 - 2 sum_a x_a . (sum of a's neighbours) + k sum_a |x_a|^2 and the
+    neighbour sums are one ``embedding_bag`` per anchor. The differences do not change when
+    every point moves by the same vector, so x is first centred on its shape's mean, which
+    keeps the three terms small; they are summed in float32 whatever x's dtype.
+    x (B, N, d), idx (B, S), near (B, S, k) -> (B,), in x's dtype.
+    """
+    B, N, d = x.shape
+    S, k = near.shape[1:]
+    dtype, x = x.dtype, x.float()
+    x = x - x.mean(dim=1, keepdim=True)  # the same differences, smaller sums
+    rows = near + torch.arange(B, device=x.device).view(B, 1, 1) * N  # into (B * N)
+    sums = F.embedding_bag(rows.view(B * S, k), x.reshape(B * N, d), mode="sum").view(B, S, d)
+    anchor = gather(x, idx)  # (B, S, d)
+    sq = x.square().sum(-1)  # (B, N): |x_j|^2
+    total = S * k * d
+    sum_c = sums.sum((1, 2)) - k * anchor.sum((1, 2))
+    sum_c2 = (sq.gather(1, near.view(B, -1)).sum(1) - 2 * (anchor * sums).sum((1, 2))
+              + k * sq.gather(1, idx).sum(1))  # fmt: skip
+    var = (sum_c2 - sum_c.square() / total) / (total - 1)
+    return var.clamp_min(0).sqrt().to(dtype)
+
+
 class LocalGrouper(nn.Module):
     """Anchors by farthest point sampling, their k nearest points, normalised around the anchor.
 
@@ -113,12 +142,9 @@ class LocalGrouper(nn.Module):
     def sample(self, xyz: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Anchor indices (B, S), neighbour indices (B, S, k), and the per-shape deviation
         (B, 1, 1, 1) of the neighbours' features from their anchors'."""
-        B = xyz.shape[0]
         idx = farthest_point_sample(xyz, self.anchors)  # (B, S)
         near = knn(gather(xyz, idx), xyz, self.k)  # (B, S, k)
-        centred = gather(x, near) - gather(x, idx).unsqueeze(2)  # (B, S, k, d)
-        std = centred.reshape(B, -1).std(dim=-1).view(B, 1, 1, 1)  # one per shape, unbiased
-        return idx, near, std
+        return idx, near, group_spread(x, idx, near).view(-1, 1, 1, 1)
 
     def forward(self, xyz: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """(B, N, 3), (B, N, d) -> anchors (B, S, 3), groups (B, S, k, 2d)."""
@@ -174,7 +200,9 @@ class Stage(nn.Module):
         y = y.flatten(0, 1)  # (B * S, k, out): one group per row
         for block in self.pre:
             y = block(y)
-        y = y.amax(dim=1).view(B, S, -1)  # (B, S, out)
+        # max over the k neighbours; the gradient goes to the first maximum, as the
+        # release's max pooling sends it (amax would split it among ties, at several passes)
+        y = y.max(dim=1).values.view(B, S, -1)  # (B, S, out)
         return gather(xyz, idx), self.pos(y)
 
 
@@ -222,7 +250,7 @@ class PointMLP(nn.Module):
         return x
 
     def forward(self, xyz: Tensor) -> Tensor:
-        return self.classifier(self.forward_features(xyz).amax(dim=1))
+        return self.classifier(self.forward_features(xyz).max(dim=1).values)
 
 
 @register_model

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .allocator import keeps_freed_memory
 from .config import REPO_ROOT
 
 
@@ -67,6 +68,7 @@ def environment_info(device: torch.device | str | None = None) -> dict:
             "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
             "device": str(device) if device is not None else None,
             "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+            "keeps_freed_memory": keeps_freed_memory(),  # cocs.allocator
         },
     }
     return info

@@ -35,6 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import data as D
+from .allocator import keep_freed_memory
 from .config import (
     POINT_DATASETS,
     REPO_ROOT,
@@ -525,6 +526,8 @@ def _train(
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = _resolve_device(cfg, local_rank)
+    if device.type == "cpu":  # large tensors reuse freed memory (cocs.allocator)
+        keep_freed_memory()
     amp_dtype = _resolve_amp(cfg, device)
     if cfg.batch_size % world:
         raise ConfigError(

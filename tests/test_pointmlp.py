@@ -9,7 +9,8 @@ import torch
 
 import cocs  # noqa: F401  (registers the models)
 from cocs.bench import paper_model, release_pointmlp
-from cocs.pointmlp import PointCluster, PointMLP
+from cocs.pointmlp import PointCluster, PointMLP, group_spread
+from cocs.pointsets import gather
 
 
 def test_the_elite_model_has_the_release_parameter_count():
@@ -51,4 +52,32 @@ def test_channels_last_layers_compute_the_release_formulation(coc):
     torch.manual_seed(1)  # the same dropout masks in the classifier
     ours = model(xyz)
     torch.manual_seed(1)
-    torch.testing.assert_close(ours, baseline(xyz), rtol=1e-4, atol=1e-4)
+    theirs = baseline(xyz)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    # and the same gradients (the grouping's deviation included, which is computed without
+    # forming the groups), to float32 rounding of the largest gradient: batch statistics over
+    # 8 shapes make a few of them large
+    weight = torch.randn_like(ours)
+    (ours * weight).sum().backward()
+    (theirs * weight).sum().backward()
+    release = dict(baseline.model.named_parameters())
+    scale = max(float(p.grad.abs().max()) for p in release.values())
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, release[name].grad, rtol=0, atol=1e-4 * scale, msg=name)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e3])
+def test_group_spread_is_the_deviation_of_the_centred_groups(offset):
+    """Without forming the groups, in float32 even when the features sit far from zero."""
+    torch.manual_seed(0)
+    B, N, S, k, d = 3, 50, 20, 6, 5
+    x = (torch.randn(B, N, d, dtype=torch.float64) + offset).requires_grad_()
+    idx, near = torch.randint(N, (B, S)), torch.randint(N, (B, S, k))
+    centred = gather(x, near) - gather(x, idx).unsqueeze(2)
+    expected = centred.reshape(B, -1).std(dim=-1)
+    got = group_spread(x.float(), idx, near)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=0)
+    x32 = x.detach().float().requires_grad_()
+    group_spread(x32, idx, near).sum().backward()
+    (grad,) = torch.autograd.grad(expected.sum(), x)
+    torch.testing.assert_close(x32.grad.double(), grad, rtol=1e-3, atol=1e-6)

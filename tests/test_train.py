@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import platform
 import socket
 import subprocess
 import sys
@@ -309,6 +310,9 @@ def test_stop_after_epochs_files_and_reloading_a_checkpoint(tree, tmp_path):
         and meta["environment"]["versions"]["torch"] == torch.__version__
     )
     assert {"cpu", "cpu_count", "torch_threads", "gpus"} <= set(meta["environment"]["hardware"])
+    # a CPU run keeps freed memory for its next tensors (cocs.allocator), on glibc's Linux
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert meta["environment"]["hardware"]["keeps_freed_memory"] is glibc
 
     done = T.train(cfg | {"stop_after_epochs": 0})
     ckpt_dir = tmp_path / "checkpoints" / "run"
