@@ -47,7 +47,9 @@ def environment_info(device: torch.device | str | None = None) -> dict:
     import timm
     import torchvision
 
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    # git_dirty: whether tracked code differs from the commit. Files under results/ are what
+    # the chapters write (a chapter may rewrite one while its study trains), not code.
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
     info = {
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": bool(status) if status is not None else None,
