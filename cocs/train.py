@@ -516,13 +516,183 @@ def _write_record(out_dir: Path, result: Mapping, env: Mapping, images_skipped: 
     _write_text(out_dir / "metrics.json", json.dumps(meta, indent=2) + "\n")
 
 
+@dataclass
+class _Learner:
+    """What an optimizer step changes and reads: the model, the module the steps call (the
+    model, or its DDP/compiled wrapper, which share its weights), the optimizer with its
+    scheduler and gradient scaler, the EMA copy, the batch mixer and the criterion."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler | None
+    ema: nn.Module | None
+    mixup: Callable | None
+    criterion: nn.Module
+    net: nn.Module | None = None
+
+
+def _learner(cfg: TrainConfig, model: nn.Module, num_classes: int, ignore: int, amp_dtype,
+             total: int, steps_per_epoch: int) -> _Learner:  # fmt: skip
+    """The optimizer (timm's, by name), a cosine schedule over ``total`` epochs, the EMA copy
+    and the loss of ``cfg`` for ``model``."""
+    import timm.optim
+    import timm.utils
+
+    ema = timm.utils.ModelEmaV3(model, decay=cfg.ema) if cfg.ema > 0 else None
+    optimizer = timm.optim.create_optimizer_v2(
+        model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    mixup, criterion = _loss(cfg, num_classes, ignore)
+    learner = _Learner(model, optimizer, None, scaler, ema, mixup, criterion)
+    learner.scheduler = _scheduler(cfg, optimizer, total, steps_per_epoch)
+    return learner
+
+
+def _scheduler(cfg: TrainConfig, optimizer, total: int, steps_per_epoch: int):
+    """timm's cosine schedule with warm-up over ``total`` epochs (in steps with sched_on_steps)."""
+    import timm.scheduler
+
+    t_scale = steps_per_epoch if cfg.sched_on_steps else 1
+    return timm.scheduler.CosineLRScheduler(
+        optimizer,
+        t_initial=total * t_scale,
+        lr_min=cfg.min_lr,
+        warmup_t=cfg.warmup_epochs * t_scale,
+        warmup_lr_init=cfg.warmup_lr,
+        t_in_epochs=not cfg.sched_on_steps,
+    )
+
+
+def _restore(ckpt: Mapping, learner: _Learner, cfg: TrainConfig, total: int, steps_per_epoch: int,
+             rank: int, world: int, device) -> tuple[int, list[dict], int]:  # fmt: skip
+    """Load a checkpoint into the learner; return the epochs it planned, its metrics rows and
+    the epoch to continue from. The random state continues where it stopped when the process
+    count is the same; otherwise it is reseeded by epoch (the run then differs)."""
+    learner.model.load_state_dict(ckpt["model"])
+    total = int(ckpt.get("epochs_planned", total))
+    # the schedule before the optimizer's state: creating it sets the rates
+    learner.scheduler = _scheduler(cfg, learner.optimizer, total, steps_per_epoch)
+    learner.optimizer.load_state_dict(ckpt["optimizer"])
+    learner.scheduler.load_state_dict(ckpt["scheduler"])
+    if learner.ema is not None:
+        learner.ema.load_state_dict(ckpt["ema"])
+    if learner.scaler is not None and ckpt.get("scaler"):
+        learner.scaler.load_state_dict(ckpt["scaler"])
+    start_epoch = int(ckpt["epoch"])
+    if len(ckpt["rng"]) == world:
+        _set_rng_state(ckpt["rng"][rank], device)
+    else:  # another process count: randomness cannot continue identically
+        seed_everything(cfg.seed + rank + 1000 * start_epoch)
+    return total, list(ckpt["metrics"]), start_epoch
+
+
+def _train_epoch(cfg: TrainConfig, learner: _Learner, bundle: DataBundle, epoch: int, total: int,
+                 *, device, amp_dtype, ignore: int, rank: int, world: int,
+                 on_step_end, is_main: bool) -> tuple[dict, dict]:  # fmt: skip
+    """One pass over the training split: the steps, then the epoch's metrics row (loss and
+    accuracy against the unmixed labels; untested) and its timing (start, seconds, images per
+    second, and the first step's seconds: the first step of a process compiles)."""
+    n_train = len(bundle.train)
+    steps_per_epoch = n_train // cfg.batch_size
+    model, net, optimizer, scaler = learner.model, learner.net, learner.optimizer, learner.scaler
+    if not cfg.sched_on_steps:
+        learner.scheduler.step(epoch)
+    sampler = D.EpochBatchSampler(
+        n_train, cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=rank, world_size=world
+    )
+    loader = D.make_loader(bundle.train, sampler, cfg.num_workers, pin_memory=device.type == "cuda")
+    net.train()
+    # loss sum over items, correct, counted targets (items, or non-void pixels), items
+    totals = torch.zeros(4, dtype=torch.float64, device=device)
+    t0 = time.perf_counter()
+    first_step_seconds = 0.0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{total}", leave=False,
+               disable=not (cfg.progress and is_main))  # fmt: skip
+    for step, (x, y) in enumerate(bar):
+        x = D.normalize(x.to(device, non_blocking=True), bundle.mean, bundle.std)
+        y = y.to(device, non_blocking=True)
+        target = y
+        if learner.mixup is not None:
+            x, target = learner.mixup(x, y)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = net(x)
+            loss = learner.criterion(logits, target)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if cfg.clip_grad > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        num_updates = epoch * steps_per_epoch + step + 1
+        if cfg.sched_on_steps:
+            learner.scheduler.step_update(num_updates)
+        if learner.ema is not None:
+            learner.ema.update(model, step=num_updates)
+        if on_step_end is not None and is_main:
+            on_step_end(model, num_updates, loss.item())
+        correct, counted = _scores(logits.detach(), y, ignore)
+        totals += torch.stack([loss.detach().double() * len(y), correct, counted,
+                               torch.tensor(len(y), device=device)]).double()  # fmt: skip
+        if cfg.progress and is_main and step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step == 0:
+            first_step_seconds = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    train_seconds = time.perf_counter() - t0
+    if world > 1:
+        dist.all_reduce(totals)
+    train_loss, train_correct, counted, seen = totals.tolist()
+    row = {
+        "epoch": epoch + 1,
+        "lr": optimizer.param_groups[0]["lr"],
+        "train_loss": train_loss / seen,
+        "train_acc": 100.0 * train_correct / counted,  # against the unmixed labels
+        "test_loss": math.nan,  # until tested
+        "test_acc": math.nan,
+    }
+    timing = {"started": t0, "train_seconds": train_seconds,
+              "first_step_seconds": first_step_seconds, "images_per_s": seen / train_seconds}  # fmt: skip
+    return row, timing
+
+
+def _checkpoint(learner: _Learner, cfg: TrainConfig, *, epoch: int, total: int, rows: list,
+                fingerprint: str, classes, env: Mapping, device, world: int) -> dict:  # fmt: skip
+    """Everything a resumed run needs to continue exactly: weights, optimizer, schedule, EMA,
+    scaler, every process's random state, the rows so far."""
+    states = [_rng_state(device)]
+    if world > 1:
+        states = [None] * world
+        dist.all_gather_object(states, _rng_state(device))
+    return {
+        "model": learner.model.state_dict(),
+        "optimizer": learner.optimizer.state_dict(),
+        "scheduler": learner.scheduler.state_dict(),
+        "ema": learner.ema.state_dict() if learner.ema is not None else None,
+        "scaler": learner.scaler.state_dict() if learner.scaler is not None else None,
+        "epoch": epoch,
+        "epochs_planned": total,
+        "rng": states,
+        "config": asdict(cfg),
+        "fingerprint": fingerprint,
+        "metrics": rows,
+        "classes": classes,
+        "env": env,
+    }
+
+
 def _train(
     cfg: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_end, on_step_end
 ) -> dict:
-    import timm.optim
-    import timm.scheduler
-    import timm.utils
-
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = _resolve_device(cfg, local_rank)
@@ -547,31 +717,12 @@ def _train(
     model, own_init = _initial_model(cfg, len(bundle.classes), device)
     fingerprint = model_fingerprint(model)
     seed_everything(cfg.seed + rank)
-    n_params = sum(p.numel() for p in model.parameters())
-    ema = timm.utils.ModelEmaV3(model, decay=cfg.ema) if cfg.ema > 0 else None
-    optimizer = timm.optim.create_optimizer_v2(
-        model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay
-    )
-    t_scale = steps_per_epoch if cfg.sched_on_steps else 1
-
-    def make_scheduler(total: int) -> timm.scheduler.CosineLRScheduler:
-        return timm.scheduler.CosineLRScheduler(
-            optimizer,
-            t_initial=total * t_scale,
-            lr_min=cfg.min_lr,
-            warmup_t=cfg.warmup_epochs * t_scale,
-            warmup_lr_init=cfg.warmup_lr,
-            t_in_epochs=not cfg.sched_on_steps,
-        )
-
+    ignore = SEGMENTATION_DATASETS.get(cfg.dataset, -100)  # a target class that counts nowhere
     # Under a time budget the total is planned after the warm-up (see plan_epochs); until then a
     # provisional one, which changes no learning rate: warm-up rates do not depend on the total.
     budgeted = cfg.epochs == 0
     total = cfg.warmup_epochs + 1 if budgeted else cfg.epochs
-    scheduler = make_scheduler(total)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    ignore = SEGMENTATION_DATASETS.get(cfg.dataset, -100)  # a target class that counts nowhere
-    mixup, criterion = _loss(cfg, len(bundle.classes), ignore)
+    learner = _learner(cfg, model, len(bundle.classes), ignore, amp_dtype, total, steps_per_epoch)
 
     rows: list[dict] = []
     start_epoch = 0
@@ -579,128 +730,53 @@ def _train(
     if cfg.resume and last_path.is_file():
         ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
         _check_resumable(ckpt, cfg, fingerprint, last_path)
-        model.load_state_dict(ckpt["model"])
-        total = int(ckpt.get("epochs_planned", total))
-        scheduler = make_scheduler(total)  # before the optimizer's state: it sets the rates
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(ckpt["ema"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        rows, start_epoch = list(ckpt["metrics"]), int(ckpt["epoch"])
-        states = ckpt["rng"]
-        if len(states) == world:
-            _set_rng_state(states[rank], device)
-        else:  # another process count: randomness cannot continue identically
-            seed_everything(cfg.seed + rank + 1000 * start_epoch)
-        if start_epoch >= total:
+        total, rows, start_epoch = _restore(
+            ckpt, learner, cfg, total, steps_per_epoch, rank, world, device
+        )
+        if start_epoch >= total:  # finished: its record keeps the machine it trained on
             env = ckpt.get("env", env)
-    net = model
+    learner.net = model
     if world > 1:
-        net = nn.parallel.DistributedDataParallel(
+        learner.net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     if cfg.torch_compile:  # training steps only; weights are shared, checkpoints stay uncompiled
         # dynamic=False: the last, smaller batch gets its own graph; otherwise the compiler
         # switches to a shape-generic graph that is slower for the full batches too
-        net = torch.compile(net, dynamic=False)
+        learner.net = torch.compile(learner.net, dynamic=False)
 
     eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
-    pin = device.type == "cuda"
-
     # test(into, prefix, which, flip=False): the whole test split, all processes together
     test = functools.partial(test_split, bundle=bundle, batch=eval_bs, rank=rank, world=world,
                              num_workers=cfg.num_workers, device=device, amp_dtype=amp_dtype,
                              ignore_index=ignore)  # fmt: skip
 
-    epochs_run = 0
-    epoch = start_epoch
+    def test_all(row: dict) -> None:
+        test(row, "test_", model)
+        if learner.ema is not None:
+            test(row, "ema_test_", learner.ema.module)
+
+    epochs_run, epoch = 0, start_epoch
     diverged = None  # the epoch whose training loss was not finite, if any
     while epoch < total:
         if cfg.stop_after_epochs and epochs_run >= cfg.stop_after_epochs:
             break
-        if not cfg.sched_on_steps:
-            scheduler.step(epoch)
-        sampler = D.EpochBatchSampler(
-            n_train, cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=rank, world_size=world
-        )
-        loader = D.make_loader(bundle.train, sampler, cfg.num_workers, pin_memory=pin)
-        net.train()
-        # loss sum over items, correct, counted targets (items, or non-void pixels), items
-        totals = torch.zeros(4, dtype=torch.float64, device=device)
-        t0 = time.perf_counter()
-        bar = tqdm(
-            loader,
-            desc=f"epoch {epoch + 1}/{total}",
-            leave=False,
-            disable=not (cfg.progress and is_main),
-        )
-        for step, (x, y) in enumerate(bar):
-            x, y = (
-                D.normalize(x.to(device, non_blocking=True), bundle.mean, bundle.std),
-                y.to(device, non_blocking=True),
-            )
-            target = y
-            if mixup is not None:
-                x, target = mixup(x, y)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = net(x)
-                loss = criterion(logits, target)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if cfg.clip_grad > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            num_updates = epoch * steps_per_epoch + step + 1
-            if cfg.sched_on_steps:
-                scheduler.step_update(num_updates)
-            if ema is not None:
-                ema.update(model, step=num_updates)
-            if on_step_end is not None and is_main:
-                on_step_end(model, num_updates, loss.item())
-            correct, counted = _scores(logits.detach(), y, ignore)
-            totals += torch.stack([loss.detach().double() * len(y), correct, counted,
-                                   torch.tensor(len(y), device=device)]).double()  # fmt: skip
-            if cfg.progress and is_main and step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-            if step == 0:  # the first step of a process compiles (torch_compile)
-                first_step_seconds = time.perf_counter() - t0
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_seconds = time.perf_counter() - t0
-        if world > 1:
-            dist.all_reduce(totals)
-        train_loss, train_correct, counted, seen = totals.tolist()
-        if not math.isfinite(train_loss):  # recorded in metrics.json, then raised below
-            diverged = {"epoch": epoch + 1, "train_loss": str(train_loss)}
+        row, timing = _train_epoch(cfg, learner, bundle, epoch, total, device=device,
+                                   amp_dtype=amp_dtype, ignore=ignore, rank=rank, world=world,
+                                   on_step_end=on_step_end, is_main=is_main)  # fmt: skip
+        if not math.isfinite(row["train_loss"]):  # recorded in metrics.json, then raised below
+            diverged = {"epoch": epoch + 1, "train_loss": str(row["train_loss"])}
             break
-        row = {
-            "epoch": epoch + 1,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": train_loss / seen,
-            "train_acc": 100.0 * train_correct / counted,  # against the unmixed labels
-        }
-        row["test_loss"] = row["test_acc"] = math.nan  # not tested after this epoch
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 >= total:
-            test(row, "test_", model)
-            if ema is not None:
-                test(row, "ema_test_", ema.module)
-        row["train_seconds"] = train_seconds
-        row["epoch_seconds"] = time.perf_counter() - t0
-        row["images_per_s"] = seen / train_seconds
+            test_all(row)
+        row["train_seconds"] = timing["train_seconds"]
+        row["epoch_seconds"] = time.perf_counter() - timing["started"]
+        row["images_per_s"] = timing["images_per_s"]
         if budgeted:
             # the epoch's cost with its first step counted as an ordinary one
+            first_step_seconds = timing["first_step_seconds"]
             ordinary = (
-                (train_seconds - first_step_seconds) / (steps_per_epoch - 1)
+                (row["train_seconds"] - first_step_seconds) / (steps_per_epoch - 1)
                 if steps_per_epoch > 1
                 else first_step_seconds
             )
@@ -709,35 +785,18 @@ def _train(
                 planned = _replan([*rows, row], cfg.budget_minutes, world, device)
                 if planned != total:
                     total = planned
-                    scheduler = make_scheduler(total)
+                    learner.scheduler = _scheduler(cfg, learner.optimizer, total, steps_per_epoch)
                     if cfg.sched_on_steps:
-                        scheduler.step_update((epoch + 1) * steps_per_epoch)
-                    row["lr"] = optimizer.param_groups[0]["lr"]
+                        learner.scheduler.step_update((epoch + 1) * steps_per_epoch)
+                    row["lr"] = learner.optimizer.param_groups[0]["lr"]
             row["epochs_planned"] = total
         rows.append(row)
         epochs_run += 1
         epoch += 1
-
-        states = [_rng_state(device)]
-        if world > 1:
-            states = [None] * world
-            dist.all_gather_object(states, _rng_state(device))
+        ckpt = _checkpoint(learner, cfg, epoch=epoch, total=total, rows=rows,
+                           fingerprint=fingerprint, classes=bundle.classes, env=env,
+                           device=device, world=world)  # fmt: skip
         if is_main:
-            ckpt = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None,
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "epoch": epoch,
-                "epochs_planned": total,
-                "rng": states,
-                "config": asdict(cfg),
-                "fingerprint": fingerprint,
-                "metrics": rows,
-                "classes": bundle.classes,
-                "env": env,
-            }
             _save_checkpoint(ckpt, ckpt_dir, cfg.keep_epoch_ckpts)
             write_metrics_csv(out_dir / "metrics.csv", rows)
             if cfg.progress:
@@ -746,35 +805,14 @@ def _train(
             on_epoch_end(dict(row))
 
     if diverged is None and rows and math.isnan(rows[-1]["test_acc"]):  # ended untested
-        test(rows[-1], "test_", model)
-        if ema is not None:
-            test(rows[-1], "ema_test_", ema.module)
+        test_all(rows[-1])
     final_flip = None
     if cfg.eval_flip and rows and diverged is None:  # the finished (or stopped) model
         final_flip = {"epoch": len(rows)}
         test(final_flip, "test_", model, flip=True)
     complete = diverged is None and len(rows) >= total
-    if cfg.save_predictions and complete and is_main:
-        outcomes = predict(
-            model, bundle, device=device, amp_dtype=amp_dtype, batch=eval_bs, ignore_index=ignore
-        )
-
-        def write(tmp: str) -> None:  # a file object: np.savez would append ".npz" to a name
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, **outcomes)
-
-        _write_atomic(out_dir / "predictions.npz", write)
-    final_weights = None
-    if cfg.save_weights and complete and is_main:  # beside the results: a later execution
-        from .weights import save_float16  # that finds them reuses the run with its model
-
-        final_weights = {"file": FINAL_WEIGHTS, "dtype": "float16",
-                         "sha256": save_float16(model, out_dir / FINAL_WEIGHTS)}  # fmt: skip
-    config = asdict(cfg)
-    for key in ("out_dir", "ckpt_dir", "data_path"):
-        config[key] = portable_path(config[key])
     result = {
-        "config": config,
+        "config": asdict(cfg),
         "fingerprint": fingerprint,
         "recipe": recipe(cfg),
         "own_initial_weights": own_init,
@@ -787,7 +825,7 @@ def _train(
         "complete": complete,
         "diverged": diverged,
         "classes": bundle.classes,
-        "params": n_params,
+        "params": sum(p.numel() for p in model.parameters()),
         "train_images": n_train,
         "test_images": len(bundle.test),
         "data_source": portable_source(bundle.source),
@@ -796,11 +834,15 @@ def _train(
         "world_size": world,
         "out_dir": portable_path(out_dir),
         "ckpt_path": portable_path(last_path),
-        "final_weights": final_weights,
+        "final_weights": None,
     }
+    for key in ("out_dir", "ckpt_dir", "data_path"):
+        result["config"][key] = portable_path(result["config"][key])
     if world > 1:
         result["rank_weight_max_diff"] = _max_weight_diff(model)
     if is_main:
+        if complete:
+            _write_outcomes(result, cfg, model, bundle, out_dir, device, amp_dtype, eval_bs, ignore)
         skipped = sum(len(getattr(p.data, "skipped", ())) for p in (bundle.train, bundle.test))
         _write_record(out_dir, result, env, skipped)
     if diverged is not None:
@@ -811,8 +853,29 @@ def _train(
             diverged,
         )
     result["model"] = model.eval()
-    result["ema_model"] = ema.module.eval() if ema is not None else None
+    result["ema_model"] = learner.ema.module.eval() if learner.ema is not None else None
     return result
+
+
+def _write_outcomes(result: dict, cfg: TrainConfig, model: nn.Module, bundle: DataBundle,
+                    out_dir: Path, device, amp_dtype, eval_bs: int, ignore: int) -> None:  # fmt: skip
+    """A finished run's files beside its record: the test predictions (``save_predictions``)
+    and the final weights in float16 with their SHA-256 (``save_weights``, in the result)."""
+    if cfg.save_predictions:
+        outcomes = predict(
+            model, bundle, device=device, amp_dtype=amp_dtype, batch=eval_bs, ignore_index=ignore
+        )
+
+        def write(tmp: str) -> None:  # a file object: np.savez would append ".npz" to a name
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, **outcomes)
+
+        _write_atomic(out_dir / "predictions.npz", write)
+    if cfg.save_weights:  # beside the results: a later execution that finds them reuses the run
+        from .weights import save_float16
+
+        result["final_weights"] = {"file": FINAL_WEIGHTS, "dtype": "float16",
+                                   "sha256": save_float16(model, out_dir / FINAL_WEIGHTS)}  # fmt: skip
 
 
 def _max_weight_diff(model: nn.Module) -> float:
