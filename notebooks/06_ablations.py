@@ -562,7 +562,7 @@ if len(pad) and pd.notna(pad["low"].iloc[0]):
         print(f"the pad-free reducers do better: with padding minus without, {gap}")
     else:
         print(f"no difference detected between the reducers with and without padding ({gap}): "
-              "the zero border is not what lets this model train without positions")  # fmt: skip
+              "at this scale the zero border's share in what locates a point is not measurable")  # fmt: skip
 else:
     print("the pad-free variant has not finished both seeds yet; no reading of the border cue")
 
