@@ -100,9 +100,11 @@ def _sum_into(src: Tensor, weight: Tensor) -> Tensor:
 
     ``weight`` (G, N, M) holds one non-zero per point, at its centre (see :func:`_one_hot`).
     A batched matrix product does this faster on CPUs than a scatter-add, and builds nothing
-    bigger than the (G, N, M) similarity matrix.
+    bigger than the (G, N, M) similarity matrix. The weights take the rows' dtype: under
+    autocast the similarities are bfloat16 while the normalised points may be float32 (CUDA's
+    autocast takes norms in float32), and the backward pass runs outside autocast.
     """
-    return torch.bmm(weight.transpose(1, 2), src)
+    return torch.bmm(weight.transpose(1, 2).to(src.dtype), src)
 
 
 def _one_hot(idx: Tensor, value: Tensor, M: int) -> Tensor:

@@ -217,6 +217,25 @@ def test_hand_derived_backward_passes_gradcheck(similarity):
     assert torch.autograd.gradcheck(f, (x, v, a, b))
 
 
+def test_the_backward_pass_takes_mixed_precision_from_autocast():
+    # float32 points and bfloat16 values, clustered under autocast, differentiated outside it,
+    # as the engine does: the similarities are bfloat16, the normalised points float32 (on
+    # CUDA every stage is like this, since its autocast takes norms in float32)
+    kw = dict(heads=2, proposal_w=2, proposal_h=2, fold_w=2, fold_h=2)
+    x = torch.randn(2, 8, 8, 8, requires_grad=True)
+    v = torch.randn(2, 8, 8, 6, dtype=torch.bfloat16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        res = context_cluster(x, v, **kw)
+    res.out.float().square().sum().backward()
+    exact = context_cluster(x.detach(), v.detach().float(), _autograd=True, **kw)
+    assert x.grad.dtype == torch.float32 and v.grad.dtype == torch.bfloat16
+    assert x.grad.isfinite().all() and v.grad.isfinite().all()
+    same = res.assignment == exact.assignment  # (B, heads, H, W); bfloat16 may flip a near tie
+    assert same.float().mean() > 0.9
+    kept = same.all(1)  # points that every head assigns as in float32
+    torch.testing.assert_close(res.out.float()[kept], exact.out[kept], atol=0.1, rtol=0.05)
+
+
 def test_hand_derived_backward_equals_autograd():
     kw = dict(heads=2, proposal_w=2, proposal_h=2, fold_w=2, fold_h=2)
     x = torch.randn(2, 8, 8, 8, requires_grad=True)
