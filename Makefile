@@ -20,7 +20,7 @@ SMOKE_RESULTS := build/smoke-results
 # JupyterLab settings that apply only to the JupyterLab of this environment.
 LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.d/cocs.json
 
-.PHONY: help install test lint bench reproduce smoke book lab clean distclean
+.PHONY: help install test lint bench gpu-check reproduce smoke book lab clean distclean
 .DEFAULT_GOAL := help
 
 help:
@@ -31,6 +31,7 @@ help:
 	@echo "make book       the web site of the executed notebooks, in build/book/ (trains nothing)"
 	@echo "make lab        JupyterLab on this folder; notebooks/*.py open as notebooks"
 	@echo "make bench      speed and memory of a training step (writes results/bench/)"
+	@echo "make gpu-check  the GPU tests, and the full profile's hours on this GPU (results/gpu/)"
 	@echo "make lint       ruff on cocs, tests and notebooks"
 	@echo "make clean      remove build/ and caches (distclean also removes .venv)"
 
@@ -50,6 +51,10 @@ lint: install
 
 bench: install
 	$(PY) -m cocs.bench
+
+gpu-check: install
+	$(PY) -m pytest -q tests/test_cuda.py
+	$(PY) -m cocs.gpucheck
 
 # An executed notebook depends on its source and on the library, so only stale ones run again.
 # The environment is an order-only prerequisite: building it does not make notebooks stale.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -269,8 +269,16 @@ def _points(results: Path) -> str | None:
     )
     note = (
         f"\n\nModelNet40 test split; trained on {_trained_on(runs)}; equal wall-clock "
-        "budgets per run."
+        "budgets per run, so a slower model trains fewer epochs."
     )
+    diff = results / "08_point_clouds" / "difference.csv"
+    if diff.is_file():
+        d = pd.read_csv(diff).iloc[0]
+        note += (
+            f" {d['a']} minus {d['b']}: {d['mean']:+.2f} points of OA "
+            f"[{d['low']:+.2f}, {d['high']:+.2f}] over {d['seeds']} paired seeds (95% interval, "
+            "bootstrap over test shapes combined with the seeds' spread)."
+        )
     return shown.to_markdown(index=False) + note
 
 
@@ -326,22 +334,24 @@ def _segmentation(results: Path) -> str | None:
     return text
 
 
-def _bench(results: Path) -> str | None:
-    # a busy machine's timings (<hardware>.busy.csv) stay beside the quiet ones, not in the table
-    files = sorted(p for p in (results / "bench").glob("*.csv") if not p.name.endswith(".busy.csv"))
+def _per_machine(folder: Path, shown: Mapping[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows of every ``<hardware>.csv`` in ``folder`` with a ``hardware`` column, and the
+    columns ``shown`` maps to their titles (both empty without files). A busy machine's
+    timings (``<hardware>.busy.csv``) stay beside the quiet ones, not in the table."""
+    files = sorted(p for p in folder.glob("*.csv") if not p.name.endswith(".busy.csv"))
     if not files:
-        return None
+        return pd.DataFrame(), pd.DataFrame()
     df = pd.concat([pd.read_csv(p).assign(hardware=p.stem) for p in files], ignore_index=True)
-    shown = pd.DataFrame(
-        {
-            "hardware": df["hardware"],
-            "model": df["model"],
-            "image": df["img_size"],
-            "batch": df["batch"],
-            "speed-up": df["speedup"],
-            "peak memory ratio": df["memory_ratio"],
-        }
-    )
+    return df, df[["hardware", *shown]].rename(columns=dict(shown))
+
+
+def _bench(results: Path) -> str | None:
+    df, shown = _per_machine(results / "bench", {
+        "model": "model", "img_size": "image", "batch": "batch", "speedup": "speed-up",
+        "memory_ratio": "peak memory ratio",
+    })  # fmt: skip
+    if df.empty:
+        return None
     note = (
         "\n\nA training step of `cocs` against the paper's formulation, same weights, "
         "interleaved, each case in a fresh process (`make bench`)."
@@ -372,6 +382,23 @@ def _bench(results: Path) -> str | None:
     return _md(shown) + note
 
 
+def _gpu(results: Path) -> str | None:
+    df, shown = _per_machine(results / "gpu", {
+        "chapter": "chapter", "model": "model", "runs": "runs", "epochs": "epochs",
+        "first_epoch_s": "first epoch (s)", "steady_epoch_s": "later epochs (s)",
+        "projected_hours": "projected hours",
+    })  # fmt: skip
+    if df.empty:
+        return None
+    return _md(shown) + (
+        "\n\nThe `full` profile's schedules (`notebooks/profiles.yaml`), started as the chapter "
+        "configures them on a GPU, their first epochs measured (the first includes compiling, shorter when the same "
+        "process compiled the same model before) "
+        "and the hours of all the chapter's runs of that model projected from them "
+        "(`python -m cocs.gpucheck`); chapter 6 times every variant as the full model."
+    )
+
+
 # (title, reader, command that writes the files it reads)
 SECTIONS: tuple[tuple[str, Callable[[Path], str | None], str], ...] = (
     ("Model family (chapter 3)", _family, "python -m cocs.handbook run 03_model_family"),
@@ -385,6 +412,7 @@ SECTIONS: tuple[tuple[str, Callable[[Path], str | None], str], ...] = (
         "python -m cocs.handbook run 09_dense_prediction",
     ),
     ("Speed and memory (`make bench`)", _bench, "make bench"),
+    ("The `full` profile on a GPU", _gpu, "python -m cocs.gpucheck"),
 )
 
 

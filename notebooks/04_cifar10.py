@@ -63,6 +63,7 @@ img_size = 32
 max_per_class = 0  # training images per class; 0: all 5000
 max_test_per_class = 0  # test images per class; 0: all 1000
 num_threads = 0  # torch CPU threads; 0: all cores
+num_workers = 0  # data-loading processes; 0: in the training process (a 2-core CPU), 8 beside a GPU
 amp = "auto"  # autocast: auto (bf16 where the CPU or GPU has it natively), bf16, fp16, off
 torch_compile = True  # torch.compile the training steps (compiling takes a minute or two per model)
 eval_flip = True  # also test each finished model with flip test-time augmentation (see below)

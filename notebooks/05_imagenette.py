@@ -55,6 +55,7 @@ img_size = 64  # side the model sees (the photographs are stored at 160 px)
 max_per_class = 0  # training images per class; 0: all (about 950)
 max_test_per_class = 0  # validation images per class; 0: all (about 390)
 num_threads = 0  # torch CPU threads; 0: all cores
+num_workers = 0  # data-loading processes; 0: in the training process (a 2-core CPU), 8 beside a GPU
 keep_epoch_ckpts = True  # a checkpoint per epoch, for the later analysis of the clustering
 seed = 0
 export_weights = True  # write the trained model into cocs/weights, the package's shipped weights

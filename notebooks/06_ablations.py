@@ -69,6 +69,7 @@ img_size = 32
 max_per_class = 0  # training images per class; 0: all 5000
 max_test_per_class = 0  # test images per class; 0: all 1000
 num_threads = 0  # torch CPU threads; 0: all cores
+num_workers = 0  # data-loading processes; 0: in the training process (a 2-core CPU), 8 beside a GPU
 train_missing = True  # False: tabulate only the finished runs, train nothing
 cost_repeats = 5  # timing rounds of the relative-cost measurement; 0: the committed costs.csv
 trace_steps = 400  # steps replayed to watch the raw similarity; 0: the committed trace.csv
