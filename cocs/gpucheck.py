@@ -23,6 +23,7 @@ The checkpoints go to a temporary folder and are removed: nothing here resumes a
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -111,6 +112,7 @@ def time_chapter(chapter: str, *, epochs: int, device: str, out: Path, profile: 
         started = time.perf_counter()
         result = train(replace(cfg, device=device, stop_after_epochs=measured))
         metrics = result["metrics"]
+        env = json.loads((Path(cfg.out_dir) / "metrics.json").read_text())["environment"]
         yield {
             "chapter": chapter,
             "model": group,
@@ -126,6 +128,9 @@ def time_chapter(chapter: str, *, epochs: int, device: str, out: Path, profile: 
             "compiled": cfg.torch_compile,
             "call_s": round(time.perf_counter() - started, 1),
             "projected_hours": round(sum(projected_hours(c.epochs, metrics) for c in cfgs), 2),
+            "torch": env["versions"]["torch"],
+            "git_commit": (env["git_commit"] or "")[:7],
+            "git_dirty": env["git_dirty"],
         }  # fmt: skip
 
 

@@ -39,7 +39,8 @@ def test_a_chapter_is_timed_through_the_engine_and_projected(tmp_path):
     (row,) = G.time_chapter("04_cifar10", epochs=2, device="cpu", out=tmp_path,
                             profile="smoke", overrides=small)  # fmt: skip
     assert row["model"] == "coc_micro" and row["epochs"] == 5 and row["measured_epochs"] == 2
-    assert row["autocast"] == "off"
+    assert row["autocast"] == "off" and row["torch"] == torch.__version__  # and its commit
+    assert set(row) >= {"git_commit", "git_dirty"}
     first, steady = row["first_epoch_s"], row["steady_epoch_s"]
     assert row["projected_hours"] == pytest.approx((first + 4 * steady) / 3600, abs=0.01)
     with open(tmp_path / "04_cifar10" / "coc_micro" / "metrics.csv") as f:
