@@ -41,7 +41,7 @@
 # %% tags=["parameters"]
 models = "pointmlp_elite,pointmlp_elite_coc,coc_points"
 pointmlp_seeds = 2  # seeds of each PointMLP-elite model; at least 2 for a spread
-coc_points_seeds = 1
+coc_points_seeds = 2
 budget_minutes = 28.0  # wall-clock minutes of training and evaluation per run
 batch_size = 32
 opt = "sgd"  # PointMLP's recipe: SGD with momentum 0.9, lr 0.1, cosine to 0.005
