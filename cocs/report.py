@@ -271,9 +271,12 @@ def _points(results: Path) -> str | None:
         f"\n\nModelNet40 test split; trained on {_trained_on(runs)}; equal wall-clock "
         "budgets per run, so a slower model trains fewer epochs."
     )
-    diff = results / "08_point_clouds" / "difference.csv"
-    if diff.is_file():
-        d = pd.read_csv(diff).iloc[0]
+    if "opt" in df:
+        shown.insert(1, "optimizer", df["opt"])
+    files = [
+        results / "08_point_clouds" / f"{n}.csv" for n in ("difference", "optimizer_difference")
+    ]
+    for d in [pd.read_csv(f).iloc[0] for f in files if f.is_file()]:
         note += (
             f" {d['a']} minus {d['b']}: {d['mean']:+.2f} points of OA "
             f"[{d['low']:+.2f}, {d['high']:+.2f}] over {d['seeds']} paired seeds (95% interval, "

@@ -371,8 +371,13 @@ def _(out: Path):
     assert set(summary["model"]) == set(runs["model"])
     per_class = csv_table(out / "per_class.csv", ["class", "accuracy", "test_shapes"])
     assert len(per_class) == 40
-    diff = csv_table(out / "difference.csv", ["a", "b", "mean", "low", "high"])
-    assert (diff["low"] <= diff["high"]).all()
+    for name in ("difference", "optimizer_difference"):
+        diff = csv_table(out / f"{name}.csv", ["a", "b", "mean", "low", "high", "seeds"])
+        assert (diff["low"] <= diff["high"]).all() and (diff["seeds"] >= 2).all()
+    sgd = json.loads((out / "coc_points_sgd" / "seed0" / "metrics.json").read_text())
+    coc = json.loads((out / "coc_points" / "seed0" / "metrics.json").read_text())
+    assert (sgd["config"]["opt"], coc["config"]["opt"]) == ("sgd", "adamw")
+    assert sgd["fingerprint"] == coc["fingerprint"]
     for name in ("shapes", "grouping", "cluster_maps"):
         png_image(out / f"{name}.png")
 
