@@ -282,6 +282,15 @@ def _points(results: Path) -> str | None:
             f"[{d['low']:+.2f}, {d['high']:+.2f}] over {d['seeds']} paired seeds (95% interval, "
             "bootstrap over test shapes combined with the seeds' spread)."
         )
+    if "git_dirty" in runs and runs["git_dirty"].any():
+        dirty = runs[runs["git_dirty"].astype(bool)]
+        listed = ", ".join(
+            f"{m} seed {s}" for m, s in zip(dirty["model"], dirty["seed"], strict=True)
+        )
+        note += (
+            f" Trained from a tree with uncommitted changes (git_dirty in its metrics.json): "
+            f"{listed}; each one's model fingerprint equals today's."
+        )
     return shown.to_markdown(index=False) + note
 
 

@@ -193,7 +193,7 @@ for name in names:
             "macc": float(np.nanmean(per_class)), "epochs": run["epochs_done"],
             "minutes": sum(r["epoch_seconds"] for r in run["metrics"]) / 60,
             "params": run["params"], "opt": cfg.opt, "fingerprint": run["fingerprint"],
-            **trained_on(run),
+            "git_dirty": bool(run["environment"]["git_dirty"]), **trained_on(run),
         })  # fmt: skip
         print(f"{name:<20} seed {seed}: OA {rows[-1]['oa']:.2f}%, mAcc {rows[-1]['macc']:.2f}% "
               f"after {run['epochs_done']} epochs in {rows[-1]['minutes']:.1f} min")  # fmt: skip

@@ -367,6 +367,7 @@ def _(out: Path):
     for _, r in runs.iterrows():
         meta = json.loads((out / r["model"] / f"seed{r['seed']}" / "metrics.json").read_text())
         assert meta["fingerprint"] == r["fingerprint"] and meta["config"]["dataset"] == "modelnet40"
+        assert bool(r["git_dirty"]) == bool(meta["environment"]["git_dirty"])
     summary = csv_table(out / "summary.csv", ["model", "seeds", "oa_mean", "oa_sd", "macc_mean"])
     assert set(summary["model"]) == set(runs["model"])
     per_class = csv_table(out / "per_class.csv", ["class", "accuracy", "test_shapes"])
