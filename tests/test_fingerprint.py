@@ -69,6 +69,24 @@ def test_every_committed_result_is_of_the_model_built_today(path):
     )
 
 
+STUDIES = ("06_ablations", "08_point_clouds", "09_dense_prediction")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in committed_metrics() if p.relative_to(ROOT / "results").parts[0] in STUDIES],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_the_studies_runs_come_from_committed_code(path):
+    """A run of the ablation, point-cloud and segmentation studies names the commit it was
+    trained from, and that commit is all its code was: no uncommitted change in the tree."""
+    env = json.loads(path.read_text())["environment"]
+    assert env["git_commit"] and env["git_dirty"] is False, (
+        f"{path.relative_to(ROOT)} was trained from a tree with uncommitted changes (commit "
+        f"{env['git_commit']}): delete its folder and run its chapter again from a clean checkout"
+    )
+
+
 # An absolute POSIX path (not the tail of a URL) or a Windows drive path.
 ABSOLUTE = re.compile(r"(?<![\w:/.])/(?:[\w.-]+/)+[\w.-]*|\b[A-Za-z]:\\")
 
