@@ -239,8 +239,9 @@ assert metrics["train_loss"].notna().all() and metrics["test_acc"].between(0, 10
 # %% [markdown]
 # ## The trained models, shipped with the package
 #
-# Each model is exported in float16 with the SHA-256 of its file, its model fingerprint and
-# the accuracy it reached (`cocs.weights.export`), into `cocs/weights/`, which is committed:
+# Each model is exported in float16 with the SHA-256 of its weights, its model fingerprint and
+# the accuracy it reached (`cocs.weights.export`), into `cocs/weights/`, which is committed
+# (each file packed losslessly to stay under 5 MiB: see `cocs.weights`):
 # after `import cocs`, `timm.create_model("coc_cifar", pretrained=True)` loads it offline, and
 # chapter 7 draws its clusters without training it again. (A smoke run exports into its own
 # results folder instead.)

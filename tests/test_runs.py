@@ -125,7 +125,7 @@ def test_without_a_checkpoint_the_shipped_weights_of_that_run_are_used(trained, 
         W.export(run["model"], cfg.model, metrics={"test_acc": run["final"]["test_acc"]},
                  source="results/run", folder=folder)  # fmt: skip
         back = R.finished(cfg)
-        assert back["weights"] == "shipped float16 weights cocs/weights/coc_micro.safetensors"
+        assert back["weights"] == "shipped float16 weights cocs/weights/coc_micro.safetensors.xz"
         for a, b in zip(back["model"].state_dict().values(), run["model"].state_dict().values(),
                         strict=True):  # fmt: skip
             assert torch.allclose(a, b.half().to(a.dtype))

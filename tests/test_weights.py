@@ -1,7 +1,9 @@
 """Weights that ship with the package: exported in float16 with their hash and fingerprint,
 loaded offline by timm.create_model(..., pretrained=True), and as good as recorded."""
 
+import hashlib
 import json
+import subprocess
 
 import pytest
 import timm
@@ -47,12 +49,47 @@ def test_damaged_files_and_changed_architectures_are_refused(folder):
     W.export(timm.create_model("coc_micro"), "coc_micro", metrics={}, source="x", folder=folder)
     with pytest.raises(ValueError, match="trained as model"):
         W.load_shipped(timm.create_model("coc_micro", similarity="cosine"), "coc_micro", folder)
-    path = folder / "coc_micro.safetensors"
-    path.write_bytes(path.read_bytes()[:-1] + b"\0")
+    path = folder / "coc_micro.safetensors.xz"
+    packed = path.read_bytes()
+    path.write_bytes(packed[:-1] + bytes([packed[-1] ^ 1]))  # the xz stream's own check fails
+    with pytest.raises(ValueError, match=r"coc_micro\.safetensors\.xz is damaged"):
+        W.load_shipped(timm.create_model("coc_micro"), "coc_micro", folder)
+    W.save_float16(timm.create_model("coc_micro"), path)  # sound, but other weights
     with pytest.raises(ValueError, match="SHA-256"):
         W.load_shipped(timm.create_model("coc_micro"), "coc_micro", folder)
     with pytest.raises(ValueError, match="no trained weights ship for coc_cifar"):
         W.load_shipped(timm.create_model("coc_cifar"), "coc_cifar", folder)
+
+
+def test_packed_files_give_back_the_safetensors_file_bit_for_bit(tmp_path):
+    """The byte planes and xz are lossless, also for a data section of odd length, and float16
+    weights come out smaller than they went in."""
+    from safetensors.torch import load, save
+
+    torch.manual_seed(0)
+    state = {"w": torch.randn(300, 257).half(), "odd": torch.arange(7, dtype=torch.uint8),
+             "steps": torch.tensor(3)}  # fmt: skip
+    raw = save(state)
+    assert (len(raw) - 8 - int.from_bytes(raw[:8], "little")) % 2 == 1, "an odd data section"
+    W._write(tmp_path / "w.safetensors.xz", raw)
+    W._write(tmp_path / "w.safetensors", raw)
+    assert W.unpack(tmp_path / "w.safetensors.xz") == raw == W.unpack(tmp_path / "w.safetensors")
+    assert (tmp_path / "w.safetensors.xz").stat().st_size < 0.9 * len(raw)
+    back = load(W.unpack(tmp_path / "w.safetensors.xz"))
+    assert all(torch.equal(back[k], v) for k, v in state.items())
+
+
+def test_every_tracked_file_is_under_5_mib():
+    """Large binaries bloat every clone for good: shipped weights are packed (under 5 MiB each)
+    and run weights over that size stay on the machine that trained them (.gitignore)."""
+    root = W.WEIGHTS_DIR.parent.parent
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True,
+                             check=True).stdout.decode().split("\0")  # fmt: skip
+    large = {f: (root / f).stat().st_size for f in tracked if f and (root / f).is_file()}
+    large = {f: size for f, size in large.items() if size > 5 * 2**20}
+    assert not large, f"tracked files over 5 MiB: {large}; pack weights with cocs.weights.export"
 
 
 SHIPPED = sorted(W.manifest())
@@ -65,7 +102,9 @@ def test_shipped_weights_load_offline_and_reach_their_recorded_accuracy(name):
     from cocs.train import TrainConfig, build_data
 
     entry = W.manifest()[name]
-    assert (W.WEIGHTS_DIR / entry["file"]).stat().st_size < 20 * 2**20, "a few MB"
+    path = W.WEIGHTS_DIR / entry["file"]
+    assert path.name.endswith(W.PACKED) and path.stat().st_size < 5 * 2**20, "packed, a few MB"
+    assert hashlib.sha256(W.unpack(path)).hexdigest() == entry["sha256"]
     model = timm.create_model(name, pretrained=True).eval()
     cfg = TrainConfig(model=name, dataset=entry["metrics"]["dataset"],
                       img_size=entry["metrics"]["img_size"], progress=False)  # fmt: skip
