@@ -343,11 +343,11 @@ print(f"this chapter ran {(time.perf_counter() - started) / 60:.1f} minutes")
 #    the points that lie among some anchor's 24 nearest neighbours (`cocs.pointsets.knn`).
 #    *Expected:* on average over the shapes, farthest point sampling leaves a smaller largest
 #    distance and covers more of each shape than random anchors.
-# 2. **Fewer anchors.** Build `pointmlp_elite` with `points=1024`, the release's setting, and
-#    with `points=512` (the chapter's `anchors`), and count their parameters and the MACs of two
-#    shapes of 1,024 points. *Expected:* the parameters are the same, since anchors are not
-#    weights, and the MACs fall to about half: almost all the work is done on the anchors,
-#    whose number halves in every stage.
+# 2. **Fewer anchors.** Build `pointmlp_elite` with `points=1024`, the release's setting (the
+#    chapter's `anchors = 1024`), and with `points=512`, and count their parameters and the
+#    MACs of two shapes of 1,024 points. *Expected:* the parameters are the same, since
+#    anchors are not weights, and the MACs fall to about half: almost all the work is done on
+#    the anchors, whose number halves in every stage.
 # 3. **The set operation by its formulas.** Check `cocs.context_cluster_sets` against the
 #    paper's formulas written out group by group: 6 groups of 24 random points, 2 heads of 8
 #    channels, 4 centres per group chosen by farthest point sampling, in float64. *Expected:*

@@ -187,4 +187,4 @@ def test_committed_segmentation_runs_keep_what_their_figures_draw():
         meta = json.loads(path.read_text())
         kept = R.read_kept(path.parent / "shown.npz", shown_key(meta))
         assert kept is not None, f"{path.parent.name}: shown.npz missing or not this run's"
-        assert kept["pred"].shape == (2, meta["config"]["img_size"], kept["pred"].shape[2])
+        assert kept["pred"].shape == (2, *T.segmentation_size(meta["config"]["img_size"]))
