@@ -316,6 +316,11 @@ def _segmentation(results: Path) -> str | None:
         shown.insert(5, "95% interval", [
             f"[{lo:.1f}, {hi:.1f}]" for lo, hi in zip(df["miou_low"], df["miou_high"], strict=True)
         ])  # fmt: skip
+    if "autocast" in df and budget_caveat(df.to_dict("records")):  # say which run trained where
+        shown["trained on"] = [
+            f"{h}, {'float32' if a == 'off' else a}"
+            for h, a in zip(df["hardware"], df["autocast"], strict=True)
+        ]
     note = (
         "\n\nSemantic FPN on CamVid (11 classes, void ignored), the 233 test images; one seed "
         f"per run; trained on {_trained_on(df)}; equal wall-clock budgets per run, so a costlier model fits fewer "
@@ -335,12 +340,19 @@ def _segmentation(results: Path) -> str | None:
                 "paper": c["paper"],
             }
         )
+        if "same_machine" in c:  # runs reused from another machine bought other work per minute
+            table.insert(4, "same machine", c["same_machine"].map({True: "yes", False: "no"}))
         text += "\n\n" + table.to_markdown(index=False)
     aims = path.with_name("aims.csv")
     if aims.is_file():
         text += "\n" + "".join(
             f"\n- Aim, {a['aim']} ({a['runs']}): {a['measured']:.1f} "
             f"[{a['low']:.1f}, {a['high']:.1f}], **{'met' if a['met'] else 'missed'}**."
+            + (
+                ""
+                if a.get("same_machine", True)
+                else " (runs from different machines or precisions)"
+            )
             for _, a in pd.read_csv(aims).iterrows()
         )
     return text

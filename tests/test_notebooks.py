@@ -421,10 +421,13 @@ def _(out: Path):
     }  # fmt: skip
     assert "the centre count matters little" in set(comparisons["claim"])
     miou = runs.set_index("run")["miou"]
+    where = runs.set_index("run")[["hardware", "threads", "autocast"]].astype(str)
     for _, c in comparisons.iterrows():
         assert c["mean"] == pytest.approx(miou[c["better"]] - miou[c["worse"]])
-    aims = csv_table(out / "aims.csv", ["aim", "runs", "measured", "met"])
-    assert len(aims) == 2 and aims["met"].dtype == bool
+        same = bool((where.loc[c["better"]] == where.loc[c["worse"]]).all())
+        assert c["same_machine"] == same, f"{c['better']} - {c['worse']}: same_machine"
+    aims = csv_table(out / "aims.csv", ["aim", "runs", "measured", "met", "same_machine"])
+    assert len(aims) == 2 and aims["met"].dtype == bool and aims["same_machine"].dtype == bool
     for name in ("predictions", "clusters"):
         png_image(out / f"{name}.png")
 

@@ -274,6 +274,34 @@ def test_budgeted_runs_of_several_machines_carry_a_caveat(tmp_path):
     text = report.render(tmp_path)
     assert "NB: these runs trained on 2 machines or precisions" in text
     assert "equal minutes there are not equal work" in text
+    cells = {c[0]: c for c in (
+        [x.strip() for x in line.split("|")[1:-1]] for line in text.splitlines() if "| coc_" in line
+    )}  # fmt: skip
+    assert cells["coc_4"][-1] == "AMD EPYC (AVX2), float32", "which run trained where"
+    assert cells["coc_25"][-1] == "Intel Xeon (AVX512_BF16), float32"
+
+
+def test_claims_between_machines_say_so(tmp_path):
+    _segmentation_runs(tmp_path, ["AMD EPYC (AVX2)", "Intel Xeon (AVX512_BF16)"])
+    folder = tmp_path / "09_dense_prediction"
+    claim = {"claim": "the centre count matters little", "better": "coc_25", "worse": "coc_4",
+             "mean": 1.0, "low": -0.4, "high": 2.4, "verdict": "no difference detected at this scale",
+             "paper": "ADE20K", "same_machine": False}  # fmt: skip
+    pd.DataFrame([claim, claim | {"worse": "resnet", "same_machine": True}]).to_csv(
+        folder / "comparisons.csv", index=False
+    )
+    pd.DataFrame([{"aim": "at most 2 points below", "runs": "coc_25 - resnet", "measured": -1.0,
+                   "low": -2.0, "high": 0.1, "met": True, "same_machine": False}]).to_csv(
+        folder / "aims.csv", index=False)  # fmt: skip
+    lines = report.render(tmp_path).splitlines()
+    header = next(line for line in lines if line.startswith("| claim "))
+    column = [x.strip() for x in header.split("|")].index("same machine")
+    for runs, same in (("coc_25 - coc_4", "no"), ("coc_25 - resnet", "yes")):
+        row = next(line for line in lines if f"| {runs} " in line)
+        assert [x.strip() for x in row.split("|")][column] == same
+    assert any(
+        line.endswith("**met**. (runs from different machines or precisions)") for line in lines
+    )
 
 
 def test_imagenette_caption_gives_the_paired_difference_with_its_peer(tmp_path):
