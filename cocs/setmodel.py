@@ -16,6 +16,7 @@ point in none receives nothing from the clustering (its residual path carries it
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,15 @@ from torch import Tensor, nn
 from .cluster import context_cluster_sets
 from .pointsets import SetReducer, farthest_point_sample, gather, knn
 
-__all__ = ["CocPoints", "SetCluster", "coc_points"]
+__all__ = ["CocPoints", "Regions", "SetCluster", "coc_points"]
+
+
+class Regions(NamedTuple):
+    """Neighbourhoods of a set: ``members`` (B, R, n) indices of each region's points, nearest
+    its anchor first; ``centre_index`` (B * R, M) positions of each region's centres in it."""
+
+    members: Tensor
+    centre_index: Tensor
 
 
 class SetCluster(nn.Module):
@@ -50,14 +59,23 @@ class SetCluster(nn.Module):
         self.keep_assignment = False
         self.last_assignment: Tensor | None = None  # (B, heads, N): -1 outside every region
 
-    def forward(self, xyz: Tensor, x: Tensor) -> Tensor:
-        B, N, _ = x.shape
+    def regions_of(self, xyz: Tensor) -> Regions:
+        """This mixer's neighbourhoods of the set ``xyz`` (B, N, 3); they depend on the
+        positions only, so the blocks of a stage, which share positions, share them."""
+        B, N, _ = xyz.shape
         R = min(self.regions, N)
         n = min(N, math.ceil(self.overlap * N / R))
         anchors = gather(xyz, farthest_point_sample(xyz, R))  # (B, R, 3)
         members = knn(anchors, xyz, n)  # (B, R, n), nearest first
         group_xyz = gather(xyz, members).flatten(0, 1)  # (B * R, n, 3)
         centre_index = farthest_point_sample(group_xyz, min(self.centres, n))  # (B * R, M)
+        return Regions(members, centre_index)
+
+    def forward(self, xyz: Tensor, x: Tensor, regions: Regions | None = None) -> Tensor:
+        """``regions``: from :meth:`regions_of` on the same ``xyz`` (computed here if None)."""
+        B, N, _ = x.shape
+        members, centre_index = regions if regions is not None else self.regions_of(xyz)
+        R, n = members.shape[1:]
         res = context_cluster_sets(
             gather(self.f(x), members).flatten(0, 1), gather(self.v(x), members).flatten(0, 1),
             heads=self.heads, centre_index=centre_index, sim_alpha=self.sim_alpha,
@@ -104,9 +122,9 @@ class SetBlock(nn.Module):
     def _norm(norm: nn.GroupNorm, x: Tensor) -> Tensor:  # (B, N, C): over points and channels
         return norm(x.transpose(1, 2)).transpose(1, 2)
 
-    def forward(self, xyz: Tensor, x: Tensor) -> Tensor:
+    def forward(self, xyz: Tensor, x: Tensor, regions: Regions | None = None) -> Tensor:
         x = x + self.drop_path(
-            self.layer_scale_1 * self.token_mixer(xyz, self._norm(self.norm1, x))
+            self.layer_scale_1 * self.token_mixer(xyz, self._norm(self.norm1, x), regions)
         )
         return x + self.drop_path(self.layer_scale_2 * self.mlp(self._norm(self.norm2, x)))
 
@@ -162,8 +180,10 @@ class CocPoints(nn.Module):
             )
         xyz, x = self.stem(xyz, xyz)  # (B, N / 4, 3), (B, N / 4, C)
         for i, blocks in enumerate(self.stages):
+            # a stage's blocks share positions, so their regions: sampled and grouped once
+            regions = blocks[0].token_mixer.regions_of(xyz) if len(blocks) else None
             for block in blocks:
-                x = block(xyz, x)
+                x = block(xyz, x, regions)
             if i < len(self.reducers):
                 xyz, x = self.reducers[i](xyz, x)
         x = F.group_norm(x.transpose(1, 2), 1, self.norm.weight, self.norm.bias, self.norm.eps)

@@ -51,3 +51,31 @@ def test_overlapping_regions_average_what_they_dispatch_and_maps_are_recorded():
     a = mixer.last_assignment  # (3, heads, 32): region * centres + centre, -1 outside
     assert a.shape == (3, 2, 32) and a.max() < 4 * 2 and (a >= -1).all()
     assert (a >= 0).float().mean() > 0.5, "most points lie in some region"
+
+
+def test_a_stage_groups_once_and_computes_what_each_block_grouping_for_itself_would():
+    torch.manual_seed(2)
+    model = timm.create_model("coc_points", num_classes=5, layer_scale=0.5).eval()
+    xyz = torch.randn(2, 256, 3)
+
+    def each_block_groups(xyz):  # the forward pass with every block sampling its own regions
+        xyz, x = model.stem(xyz, xyz)
+        for i, blocks in enumerate(model.stages):
+            for block in blocks:
+                x = block(xyz, x)  # regions=None: the mixer samples and groups by itself
+            if i < len(model.reducers):
+                xyz, x = model.reducers[i](xyz, x)
+        x = torch.nn.functional.group_norm(x.transpose(1, 2), 1, model.norm.weight, model.norm.bias)
+        return model.head(x.mean(-1))
+
+    calls = []
+    for blocks in model.stages:
+        for block in blocks:
+            block.token_mixer.register_forward_pre_hook(
+                lambda m, args: calls.append(args[2] is not None)
+            )
+    with torch.no_grad():
+        torch.testing.assert_close(model(xyz), each_block_groups(xyz))
+    n_blocks = sum(len(blocks) for blocks in model.stages)
+    assert calls[:n_blocks] == [True] * n_blocks, "the model hands each mixer its stage's regions"
+    assert calls[n_blocks:] == [False] * n_blocks
