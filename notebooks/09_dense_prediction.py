@@ -28,8 +28,12 @@
 # fixed 352x480, with Semantic FPN (`cocs.dense.SemanticFPN`) on a Context Cluster backbone
 # and on a ResNet of similar size, each from scratch and, where the handbook ships weights
 # trained on Imagenette (chapter 5), from those; and the Context Cluster with 4, 25 and 49
-# centres per region. Every run goes through the one training engine with the same CPU
-# budget; void pixels count nowhere. It writes, under `results/09_dense_prediction/`:
+# centres per region. The backbone cuts its four stages into 8, 4, 2 and 1 regions per side,
+# as the authors' release does for dense prediction (its `context_cluster_small_feat2` to
+# `_feat7` backbones; chapter 5 trained it on 128 px images with 4, 2, 1 and 1): at 352x480
+# every region is then 11x15 points, and a region holds about as many points as in the
+# Imagenette training (8x8) instead of four times as many. Every run goes through the one
+# training engine with the same CPU budget; void pixels count nowhere. It writes, under `results/09_dense_prediction/`:
 #
 # - `<run>/metrics.csv`, `metrics.json`, `predictions.npz` (each test image's confusion
 #   matrix), `shown.npz` (what the figures below draw from the model: its predictions of the
@@ -45,7 +49,8 @@
 #   clusters on road scenes.
 
 # %% tags=["parameters"]
-backbone = "coc_imagenette"  # the Context Cluster backbone (32-256 channels, regions 4/2/1/1)
+backbone = "coc_imagenette"  # the Context Cluster backbone (32-256 channels)
+folds = "8,4,2,1"  # regions per side by stage, as the release's dense backbones; "": its own
 peer = "resnet18_half"  # the ResNet peer (cocs.peers; about the backbone's size)
 peer_kwargs = "{}"  # its arguments, a Python dict literal
 centres = "2,5,7"  # centres per side of a region: 4, 25 and 49 centres per region
@@ -95,6 +100,8 @@ if num_threads:
 out = results_path(results_dir, "09_dense_prediction")
 hardware, threads = hardware_name(), torch.get_num_threads()
 sides = [int(c) for c in centres.split(",") if c.strip()]
+per_side = tuple(int(f) for f in folds.split(",") if f.strip())  # regions per side, by stage
+fold = {"fold_w": per_side, "fold_h": per_side} if per_side else {}
 bundle = build_data(TrainConfig.from_namespace(globals(), model="semantic_fpn", dataset="camvid",
                                                epochs=0, progress=False))  # fmt: skip
 shown = shown_images(len(bundle.test))  # the test images the figures show
@@ -109,13 +116,13 @@ shown = shown_images(len(bundle.test))  # the test images the figures show
 # %%
 plan = []
 for side in sides:
-    kw = {"proposal_w": side, "proposal_h": side}
+    kw = {"proposal_w": side, "proposal_h": side, **fold}
     plan.append((f"coc_{side * side}", backbone, kw, False))
 plan.append(("resnet", peer, ast.literal_eval(peer_kwargs), False))
 for name, body in (("coc_4", backbone), ("resnet", peer)):
     if pretrained and shipped(body) is not None:
         plan.append((f"{name}_pretrained", body, {} if body == peer else
-                     {"proposal_w": 2, "proposal_h": 2}, True))  # fmt: skip
+                     {"proposal_w": 2, "proposal_h": 2, **fold}, True))  # fmt: skip
     elif pretrained:
         print(f"{body}: no shipped Imagenette weights yet (chapter 5 exports them); from scratch only")
 pd.DataFrame(plan, columns=["run", "backbone", "backbone_kwargs", "pretrained"])
