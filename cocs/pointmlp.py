@@ -139,10 +139,14 @@ class LocalGrouper(nn.Module):
         self.affine_alpha = nn.Parameter(torch.ones(1, 1, 1, dim))
         self.affine_beta = nn.Parameter(torch.zeros(1, 1, 1, dim))
 
-    def sample(self, xyz: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def sample(
+        self, xyz: Tensor, x: Tensor, ordered: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Anchor indices (B, S), neighbour indices (B, S, k), and the per-shape deviation
-        (B, 1, 1, 1) of the neighbours' features from their anchors'."""
-        idx = farthest_point_sample(xyz, self.anchors)  # (B, S)
+        (B, 1, 1, 1) of the neighbours' features from their anchors'. ``ordered``: ``xyz`` is
+        a farthest point sample in its order, as every stage's anchors are (see
+        :func:`cocs.pointsets.farthest_point_sample`): its first S points are the anchors."""
+        idx = farthest_point_sample(xyz, self.anchors, ordered=ordered)  # (B, S)
         near = knn(gather(xyz, idx), xyz, self.k)  # (B, S, k)
         return idx, near, group_spread(x, idx, near).view(-1, 1, 1, 1)
 
@@ -193,8 +197,9 @@ class Stage(nn.Module):
         bn = self.transfer.bn
         return self.transfer.act(bn(y.flatten(0, -2))).view(y.shape)
 
-    def forward(self, xyz: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        idx, near, std = self.grouper.sample(xyz, x)
+    def forward(self, xyz: Tensor, x: Tensor, ordered: bool = False) -> tuple[Tensor, Tensor]:
+        """``ordered``: as :meth:`LocalGrouper.sample`; the anchors come out in that order."""
+        idx, near, std = self.grouper.sample(xyz, x, ordered)
         y = self._transfer(x, idx, near, std)  # (B, S, k, out)
         B, S = idx.shape
         y = y.flatten(0, 1)  # (B * S, k, out): one group per row
@@ -245,8 +250,8 @@ class PointMLP(nn.Module):
                 "move the coordinates last with x.transpose(1, 2)"
             )
         x = self.embedding(xyz)  # (B, N, embed)
-        for stage in self.stages:
-            xyz, x = stage(xyz, x)
+        for i, stage in enumerate(self.stages):  # after the first, xyz is a sample in order
+            xyz, x = stage(xyz, x, ordered=i > 0)
         return x
 
     def forward(self, xyz: Tensor) -> Tensor:

@@ -22,7 +22,9 @@ def gather(x: Tensor, idx: Tensor) -> Tensor:
     return out.view(*idx.shape, C)
 
 
-def farthest_point_sample(xyz: Tensor, m: int, start: int | Tensor = 0) -> Tensor:
+def farthest_point_sample(
+    xyz: Tensor, m: int, start: int | Tensor = 0, *, ordered: bool = False
+) -> Tensor:
     """``m`` points spread over each set: each next one is the farthest from those chosen.
 
     Args:
@@ -31,11 +33,22 @@ def farthest_point_sample(xyz: Tensor, m: int, start: int | Tensor = 0) -> Tenso
         start: index of the first point, one for all sets or (B,) per set; the result is a
             deterministic function of the coordinates and ``start`` (ties go to the lowest
             index).
+        ordered: ``xyz`` is itself a farthest point sample in the order it was chosen (as
+            ``gather(xyz, farthest_point_sample(xyz, M))`` is), and ``start`` is 0. Its first
+            ``m`` points are then its sample, returned without the loop: at every step, the
+            point the sample chose next was the farthest of the whole set, so also of the
+            sample, and every later point of the sample is at most as far and later in order.
+            This holds whenever the set has at least ``m`` distinct points (with fewer, every
+            point is at distance 0 and the tie goes elsewhere); tests/test_pointsets.py checks it.
     Returns (B, m) indices into N.
     """
     B, N, _ = xyz.shape
     if not 1 <= m <= N:
         raise ValueError(f"cannot sample m={m} points from sets of N={N}; use 1 <= m <= N")
+    if ordered:
+        if not (isinstance(start, int) and start == 0):
+            raise ValueError(f"ordered=True takes a sample from its first point; got start={start}")
+        return torch.arange(m, device=xyz.device).expand(B, m)
     idx = torch.empty(B, m, dtype=torch.long, device=xyz.device)
     far = torch.as_tensor(start, dtype=torch.long, device=xyz.device).expand(B).clone()  # (B,)
     nearest = torch.full((B, N), float("inf"), dtype=xyz.dtype, device=xyz.device)
@@ -73,9 +86,13 @@ class SetReducer(nn.Module):
         self.k, self.reduction = k, reduction
         self.proj = nn.Linear(k * (in_chans + 3), out_chans)
 
-    def forward(self, xyz: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, xyz: Tensor, x: Tensor, ordered: bool = False) -> tuple[Tensor, Tensor]:
+        """``ordered``: ``xyz`` is a farthest point sample in its order (as this reducer's own
+        anchors are), so that its first M points are the anchors (see
+        :func:`farthest_point_sample`). The anchors come out in that order."""
         B, N, _ = xyz.shape
-        anchors = gather(xyz, farthest_point_sample(xyz, max(N // self.reduction, 1)))  # (B, M, 3)
+        M = max(N // self.reduction, 1)
+        anchors = gather(xyz, farthest_point_sample(xyz, M, ordered=ordered))  # (B, M, 3)
         near = knn(anchors, xyz, self.k)  # (B, M, k)
         offsets = gather(xyz, near) - anchors.unsqueeze(2)  # (B, M, k, 3)
         grouped = torch.cat([gather(x, near), offsets], dim=-1)  # (B, M, k, C + 3)

@@ -59,13 +59,15 @@ class SetCluster(nn.Module):
         self.keep_assignment = False
         self.last_assignment: Tensor | None = None  # (B, heads, N): -1 outside every region
 
-    def regions_of(self, xyz: Tensor) -> Regions:
+    def regions_of(self, xyz: Tensor, ordered: bool = False) -> Regions:
         """This mixer's neighbourhoods of the set ``xyz`` (B, N, 3); they depend on the
-        positions only, so the blocks of a stage, which share positions, share them."""
+        positions only, so the blocks of a stage, which share positions, share them.
+        ``ordered``: ``xyz`` is a farthest point sample in its order (see
+        :func:`cocs.pointsets.farthest_point_sample`)."""
         B, N, _ = xyz.shape
         R = min(self.regions, N)
         n = min(N, math.ceil(self.overlap * N / R))
-        anchors = gather(xyz, farthest_point_sample(xyz, R))  # (B, R, 3)
+        anchors = gather(xyz, farthest_point_sample(xyz, R, ordered=ordered))  # (B, R, 3)
         members = knn(anchors, xyz, n)  # (B, R, n), nearest first
         group_xyz = gather(xyz, members).flatten(0, 1)  # (B * R, n, 3)
         centre_index = farthest_point_sample(group_xyz, min(self.centres, n))  # (B * R, M)
@@ -179,13 +181,15 @@ class CocPoints(nn.Module):
                 "move the coordinates last with x.transpose(1, 2)"
             )
         xyz, x = self.stem(xyz, xyz)  # (B, N / 4, 3), (B, N / 4, C)
+        # from here on, xyz is a farthest point sample in its order (each reducer's anchors
+        # are), so that every later sample of it is its first points: no more sampling loops
         for i, blocks in enumerate(self.stages):
             # a stage's blocks share positions, so their regions: sampled and grouped once
-            regions = blocks[0].token_mixer.regions_of(xyz) if len(blocks) else None
+            regions = blocks[0].token_mixer.regions_of(xyz, ordered=True) if len(blocks) else None
             for block in blocks:
                 x = block(xyz, x, regions)
             if i < len(self.reducers):
-                xyz, x = self.reducers[i](xyz, x)
+                xyz, x = self.reducers[i](xyz, x, ordered=True)
         x = F.group_norm(x.transpose(1, 2), 1, self.norm.weight, self.norm.bias, self.norm.eps)
         return self.head(x.mean(-1))
 

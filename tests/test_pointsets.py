@@ -33,6 +33,21 @@ def test_farthest_point_sampling_matches_the_loop_and_is_deterministic():
         farthest_point_sample(xyz, 41)
 
 
+def test_a_farthest_point_sample_samples_itself_as_its_first_points():
+    """What ``ordered=True`` relies on: sampling a sample (in its order) takes its first points,
+    down the stages of a model; and the loop, run on it, agrees."""
+    torch.manual_seed(2)
+    xyz = torch.rand(4, 300, 3) * torch.tensor([1.5, 0.7, 1.0])  # scaled, like augmented shapes
+    for m in (120, 60, 25, 1):
+        sample = gather(xyz, farthest_point_sample(xyz, 2 * m))  # (4, 2m, 3), in its order
+        looped = farthest_point_sample(sample, m)
+        assert torch.equal(looped, torch.arange(m).expand(4, m)), m
+        assert torch.equal(farthest_point_sample(sample, m, ordered=True), looped)
+        xyz = sample
+    with pytest.raises(ValueError, match="start=3"):
+        farthest_point_sample(xyz, 2, start=3, ordered=True)
+
+
 def test_knn_and_gather_match_the_loop():
     torch.manual_seed(1)
     xyz, query = torch.randn(2, 30, 3), torch.randn(2, 7, 3)
