@@ -126,9 +126,13 @@ def plan(names: list[str]) -> str:
         return "every chapter's default run is up to date: nothing to run"
     est = estimates(names)
     lines = [f"{len(names)} chapter(s) to run, in this order:"]
+    again = 0.0  # training minutes of committed runs that the estimates count as reused
     for name in names:
-        e = est[name]
+        e, trained = est[name], _training_minutes(name)
         when = f"about {_clock(e[0])} ({e[1]})" if e else "no time on record"
+        if trained and e != trained:  # its last run reused committed runs
+            again += trained[0]
+            when += f"; its committed runs trained for {_clock(trained[0])} ({trained[1]})"
         lines.append(f"  {name:<24} {when}")
     known = [e[0] for e in est.values() if e]
     unknown = len(names) - len(known)
@@ -136,6 +140,11 @@ def plan(names: list[str]) -> str:
         f", plus {unknown} chapter(s) not timed" if unknown else ""
     )
     lines.append(f"total: {total}")
+    if again:
+        lines.append(
+            f"(finished runs under results/ are reused, not trained again; without them, "
+            f"training takes about {_clock(again)} more)"
+        )
     bf16 = [n for n in names if trains_in_bf16(n)]
     if bf16 and not cpu_has_native_bf16():
         lines.append(

@@ -55,6 +55,22 @@ def test_the_plan_names_each_chapter_with_its_recorded_time(repo):
     assert R.plan([]).startswith("every chapter's default run is up to date")
 
 
+def test_the_plan_says_what_training_the_reused_runs_again_would_take(repo):
+    (repo / "results").mkdir()
+    R.record_timing("01_a", 0.5)  # its last run reused what it had trained before
+    run = repo / "results" / "01_a" / "seed0"
+    run.mkdir(parents=True)
+    pd.DataFrame({"epoch": [1, 2], "epoch_seconds": [1800.0, 1800.0]}).to_csv(
+        run / "metrics.csv", index=False
+    )
+    env = {"hardware": {"cpu": "Some CPU", "torch_threads": 2}}
+    (run / "metrics.json").write_text(pd.Series({"environment": env}).to_json())
+    text = R.plan(["01_a", "02_b"])
+    assert "about 0 min (its last run" in text and "trained for 1 h 00 min (Some CPU" in text
+    assert "without them, training takes about 1 h 00 min more" in text
+    assert "without them" not in R.plan(["02_b"]), "no committed runs, nothing reused"
+
+
 def test_the_plan_warns_when_this_cpu_would_emulate_bfloat16(repo, monkeypatch):
     assert "warning" not in R.plan(["01_a", "02_b"])
     monkeypatch.setattr(R, "cpu_has_native_bf16", lambda: False)
