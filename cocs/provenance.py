@@ -6,11 +6,13 @@ then a rename), so an interrupted run never leaves half a file behind.
 """
 
 import csv
+import functools
 import io
 import os
 import platform
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -40,6 +42,30 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+@functools.cache
+def speed_probe(seconds: float = 0.25) -> dict[str, float]:
+    """How fast this processor runs right now, in the two things a CPU training step spends its
+    time on: float32 matrix products (GFLOP/s of 512 x 512 products) and memory traffic (GB/s
+    of copying 64 MB), each for ``seconds``, on the process's torch threads. Measured once per
+    process. Two machines of one name can differ here (another generation, clock or neighbours
+    on a shared host); runs compared at equal wall-clock budgets need equal speeds, not only
+    equal names (:func:`cocs.runs.budget_caveat`)."""
+    a = torch.randn(512, 512)
+    src, dst = torch.randn(16 * 2**20), torch.empty(16 * 2**20)  # 64 MB each
+    rates = {}
+    for key, work, step in (
+        ("matmul_gflops", 2 * 512**3 / 1e9, lambda: torch.mm(a, a)),
+        ("copy_gbps", 2 * src.numel() * 4 / 1e9, lambda: dst.copy_(src)),
+    ):
+        step()  # first touch and warm-up
+        n, t0 = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - t0) < seconds:
+            step()
+            n += 1
+        rates[key] = round(n * work / elapsed, 1)
+    return rates
 
 
 def environment_info(device: torch.device | str | None = None) -> dict:
@@ -73,6 +99,8 @@ def environment_info(device: torch.device | str | None = None) -> dict:
             "keeps_freed_memory": keeps_freed_memory(),  # cocs.allocator
         },
     }
+    if not str(device or "cpu").startswith("cuda"):  # a run on this CPU: how fast it is now
+        info["hardware"]["speed"] = speed_probe()
     return info
 
 

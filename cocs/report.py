@@ -55,6 +55,17 @@ def _family(results: Path) -> str | None:
     )
 
 
+def _builds(platforms: pd.Series) -> list[str | None]:
+    """The parts of platform strings that tell them apart ("Linux-6.18-fc-v1300-x86_64" and
+    "Linux-6.18-fc-v1272-x86_64": "build v1300", "build v1272"); None where unrecorded."""
+    parts = [str(p).split("-") if pd.notna(p) else None for p in platforms]
+    known = [p for p in parts if p is not None]
+    width = max(map(len, known), default=0)
+    differ = [i for i in range(width) if len({tuple(p[i : i + 1]) for p in known}) > 1]
+    return [None if p is None else "build " + "-".join(p[i] for i in differ if i < len(p))
+            for p in parts]  # fmt: skip
+
+
 def _trained_on(df: pd.DataFrame, *, budgeted: bool = True) -> str:
     """The machines a chapter's runs trained on (its ``hardware`` and ``threads`` columns),
     and, for runs ``budgeted`` in minutes that trained on several, why they do not compare."""
@@ -294,6 +305,18 @@ def _points(results: Path) -> str | None:
     return shown.to_markdown(index=False) + note
 
 
+def _miou_differences(c: pd.DataFrame, **columns) -> pd.DataFrame:
+    """Paired differences of mean IoU (rows with ``better``, ``worse``, ``mean``, ``low``,
+    ``high`` and ``verdict``): the first of ``columns``, the runs, the difference with its
+    interval and the verdict, then the other ``columns``."""
+    (first, label), *rest = columns.items()
+    return pd.DataFrame({
+        first: label, "runs": c["better"] + " - " + c["worse"],
+        "mIoU difference [95% interval]": [_interval(r) for _, r in c.iterrows()],
+        "verdict": c["verdict"], **dict(rest),
+    })  # fmt: skip
+
+
 def _segmentation(results: Path) -> str | None:
     path = results / "09_dense_prediction" / "runs.csv"
     if not path.is_file():
@@ -317,9 +340,12 @@ def _segmentation(results: Path) -> str | None:
             f"[{lo:.1f}, {hi:.1f}]" for lo, hi in zip(df["miou_low"], df["miou_high"], strict=True)
         ])  # fmt: skip
     if "autocast" in df and budget_caveat(df.to_dict("records")):  # say which run trained where
+        speed = df["gflops"] if "gflops" in df else [None] * len(df)  # speed_probe, if recorded
+        build = _builds(df["platform"]) if "platform" in df else [None] * len(df)  # else build
         shown["trained on"] = [
             f"{h}, {'float32' if a == 'off' else a}"
-            for h, a in zip(df["hardware"], df["autocast"], strict=True)
+            + (f", {g:.0f} GFLOP/s" if pd.notna(g) else f", {b}" if pd.notna(b) else "")
+            for h, a, g, b in zip(df["hardware"], df["autocast"], speed, build, strict=True)
         ]
     note = (
         "\n\nSemantic FPN on CamVid (11 classes, void ignored), the 233 test images; one seed "
@@ -331,18 +357,19 @@ def _segmentation(results: Path) -> str | None:
     claims = path.with_name("comparisons.csv")
     if claims.is_file():
         c = pd.read_csv(claims)
-        table = pd.DataFrame(
-            {
-                "claim": c["claim"],
-                "runs": c["better"] + " - " + c["worse"],
-                "mIoU difference [95% interval]": [_interval(r) for _, r in c.iterrows()],
-                "verdict": c["verdict"],
-                "paper": c["paper"],
-            }
-        )
+        table = _miou_differences(c, claim=c["claim"], paper=c["paper"])
         if "same_machine" in c:  # runs reused from another machine bought other work per minute
             table.insert(4, "same machine", c["same_machine"].map({True: "yes", False: "no"}))
         text += "\n\n" + table.to_markdown(index=False)
+    one = path.with_name("one_machine.csv")
+    if one.is_file():  # the same questions between runs of one machine, beside the table's
+        o = pd.read_csv(one)
+        table = _miou_differences(o, comparison=o["what"], **{
+            "epochs": o["epochs"], "s per epoch": o["seconds_per_epoch"]})  # fmt: skip
+        text += (
+            "\n\nWith chapter 9's `one_machine/` runs (trained one after another on the slower "
+            "machine; one seed each):\n\n" + table.to_markdown(index=False)
+        )
     aims = path.with_name("aims.csv")
     if aims.is_file():
         text += "\n" + "".join(

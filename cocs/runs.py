@@ -231,9 +231,11 @@ def autocast_of(meta: Mapping) -> str:
 
 def trained_on(run: Mapping) -> dict:
     """Where and how a run trained, from its record: ``hardware`` (the GPU, or the processor
-    with its vector capability where recorded, e.g. "AMD EPYC (AVX2)"), ``threads`` and
-    ``autocast``. A chapter's tables take them from here, not from the machine executing the
-    chapter: a reused run may have trained on another one.
+    with its vector capability where recorded, e.g. "AMD EPYC (AVX2)"), ``threads``,
+    ``autocast``, ``gflops`` (how fast its processor ran, :func:`cocs.provenance.speed_probe`;
+    None in records older than the probe) and ``platform`` (the operating system's build). A
+    chapter's tables take them from here, not from the machine executing the chapter: a reused
+    run may have trained on another one.
     """
     hw = run.get("environment", {}).get("hardware", {})
     if str(hw.get("device") or "cpu").startswith("cuda") and hw.get("gpus"):
@@ -241,24 +243,52 @@ def trained_on(run: Mapping) -> dict:
     else:
         name = hw.get("cpu") or "unrecorded CPU"
         name += f" ({hw['cpu_capability']})" if hw.get("cpu_capability") else ""
-    return {"hardware": name, "threads": hw.get("torch_threads"), "autocast": autocast_of(run)}
+    return {"hardware": name, "threads": hw.get("torch_threads"), "autocast": autocast_of(run),
+            "gflops": hw.get("speed", {}).get("matmul_gflops"), "platform": hw.get("platform")}  # fmt: skip
+
+
+# Budgeted runs whose speed probes differ by more than this factor did not get equal work.
+SPEED_TOLERANCE = 1.2
+
+
+def _known(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _machine(m: Mapping) -> tuple[str, ...]:
+    """What a run's minutes were minutes of: processor, threads and precision, and, for a run
+    that recorded no speed, its platform build in the speed's stead (one processor name has
+    trained here under two builds, one about 1.6x slower than the other)."""
+    key = (str(m["hardware"]), f"{m['threads']} threads", f"autocast {m.get('autocast', '?')}")
+    platform = m.get("platform")
+    return key if _known(m.get("gflops")) else (*key, str(platform if _known(platform) else "?"))
 
 
 def budget_caveat(machines: Iterable[Mapping]) -> str | None:
     """What a reader must know when runs compared at equal wall-clock budgets trained on more
     than one machine (``machines``: each run's :func:`trained_on`, or rows with its keys), else
     None: a minute of one is not a minute of work on another, so such a comparison holds only
-    between runs of the same machine."""
-    seen = sorted({(str(m["hardware"]), str(m["threads"]), str(m.get("autocast", "?")))
-                   for m in machines})  # fmt: skip
-    if len(seen) < 2:
-        return None
-    names = "; ".join(f"{h}, {t} threads, autocast {a}" for h, t, a in seen)
-    return (
-        f"these runs trained on {len(seen)} machines or precisions ({names}): equal minutes "
-        "there are not equal work, so compare budgeted runs only within one of them, or train "
-        "the others again on one machine"
-    )
+    between runs of the same machine. One processor name can hide machines of different
+    speeds: runs that recorded theirs (``gflops``) must agree on it within
+    :data:`SPEED_TOLERANCE`, and runs that did not must share their platform build."""
+    machines = list(machines)
+    seen = sorted({_machine(m) for m in machines})
+    if len(seen) >= 2:
+        names = "; ".join(", ".join(k) for k in seen)
+        return (
+            f"these runs trained on {len(seen)} machines or precisions ({names}): equal minutes "
+            "there are not equal work, so compare budgeted runs only within one of them, or "
+            "train the others again on one machine"
+        )
+    speeds = [float(m["gflops"]) for m in machines if _known(m.get("gflops"))]
+    if len(speeds) >= 2 and max(speeds) > SPEED_TOLERANCE * min(speeds):
+        return (
+            f"these runs trained on machines of one name ({', '.join(seen[0])}) at different "
+            f"speeds (float32 products at {min(speeds):.0f} to {max(speeds):.0f} GFLOP/s, "
+            "cocs.provenance.speed_probe): equal minutes there are not equal work, so compare "
+            "budgeted runs only between runs of one speed, or train the others again"
+        )
+    return None
 
 
 def write_kept(path: str | Path, key: Mapping, arrays: Mapping[str, np.ndarray]) -> None:

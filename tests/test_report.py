@@ -281,6 +281,31 @@ def test_budgeted_runs_of_several_machines_carry_a_caveat(tmp_path):
     assert cells["coc_25"][-1] == "Intel Xeon (AVX512_BF16), float32"
 
 
+def test_segmentation_comparisons_on_one_machine_follow_the_table(tmp_path):
+    _segmentation_runs(tmp_path, ["AMD EPYC (AVX512)"] * 2)
+    pd.DataFrame([{"what": "49 centres per region instead of 4, on one machine",
+                   "better": "coc_49", "worse": "coc_4 again", "mean": 0.4, "low": 0.2,
+                   "high": 0.6, "verdict": "reproduces", "epochs": "16 vs 15",
+                   "seconds_per_epoch": "80 vs 79"}]).to_csv(
+        tmp_path / "09_dense_prediction" / "one_machine.csv", index=False)  # fmt: skip
+    text = report.render(tmp_path)
+    assert "With chapter 9's `one_machine/` runs (trained one after another" in text
+    row = next(line for line in text.splitlines() if "| coc_49 - coc_4 again " in line)
+    assert "| +0.40 [+0.20, +0.60] " in row and "| reproduces " in row and "| 16 vs 15 " in row
+
+
+def test_budgeted_runs_of_one_processor_under_two_builds_carry_a_caveat(tmp_path):
+    """Runs recorded before the speed probe: the platform build tells the machines apart."""
+    _segmentation_runs(tmp_path, ["AMD EPYC (AVX512)"] * 2)
+    path = tmp_path / "09_dense_prediction" / "runs.csv"
+    runs = pd.read_csv(path)
+    runs.assign(platform=["Linux-fc-v1300", "Linux-fc-v1272", "Linux-fc-v1300"]).to_csv(path)
+    text = report.render(tmp_path)
+    assert "NB: these runs trained on 2 machines or precisions" in text and "fc-v1272" in text
+    row = next(line for line in text.splitlines() if "| coc_25 " in line)
+    assert row.rstrip(" |").endswith("AMD EPYC (AVX512), float32, build v1272")
+
+
 def test_claims_between_machines_say_so(tmp_path):
     _segmentation_runs(tmp_path, ["AMD EPYC (AVX2)", "Intel Xeon (AVX512_BF16)"])
     folder = tmp_path / "09_dense_prediction"

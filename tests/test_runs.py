@@ -53,13 +53,16 @@ def test_a_finished_run_is_read_back_with_its_weights(trained):
 def test_where_a_run_trained_is_read_from_its_record_not_from_this_machine():
     hardware = {"cpu": "AMD EPYC", "cpu_capability": "AVX2", "torch_threads": 2, "device": "cpu"}
     run = {"config": {"amp": "auto"}, "autocast": "off", "environment": {"hardware": hardware}}
-    assert R.trained_on(run) == {"hardware": "AMD EPYC (AVX2)", "threads": 2, "autocast": "off"}
+    assert R.trained_on(run) == {"hardware": "AMD EPYC (AVX2)", "threads": 2, "autocast": "off",
+                                 "gflops": None, "platform": None}  # fmt: skip
     older = {"cpu": "AMD EPYC", "torch_threads": 2, "device": "cpu"}  # before capability
     run = {"config": {"amp": "auto"}, "environment": {"hardware": older}}
-    assert R.trained_on(run) == {"hardware": "AMD EPYC", "threads": 2, "autocast": "off"}
+    assert R.trained_on(run) == {"hardware": "AMD EPYC", "threads": 2, "autocast": "off",
+                                 "gflops": None, "platform": None}  # fmt: skip
     gpu = {"cpu": "x", "torch_threads": 8, "device": "cuda:0", "gpus": ["NVIDIA H200"]}
     run = {"config": {"amp": "auto"}, "autocast": "bfloat16", "environment": {"hardware": gpu}}
-    assert R.trained_on(run) == {"hardware": "NVIDIA H200", "threads": 8, "autocast": "bfloat16"}
+    assert R.trained_on(run) == {"hardware": "NVIDIA H200", "threads": 8, "autocast": "bfloat16",
+                                 "gflops": None, "platform": None}  # fmt: skip
     run = {"config": {"amp": "bf16"}, "environment": {"hardware": older}}  # no autocast field
     assert R.trained_on(run)["autocast"] == "bfloat16"
 
@@ -188,3 +191,34 @@ def test_committed_segmentation_runs_keep_what_their_figures_draw():
         kept = R.read_kept(path.parent / "shown.npz", shown_key(meta))
         assert kept is not None, f"{path.parent.name}: shown.npz missing or not this run's"
         assert kept["pred"].shape == (2, *T.segmentation_size(meta["config"]["img_size"]))
+
+
+def test_budgeted_runs_of_one_machine_name_but_different_speeds_do_not_compare():
+    from cocs.runs import budget_caveat
+
+    base = {"hardware": "AMD EPYC (AVX512)", "threads": 2, "autocast": "bfloat16"}
+    assert budget_caveat([base | {"gflops": 100.0}, base | {"gflops": 110.0}]) is None
+    slow = budget_caveat([base | {"gflops": 100.0}, base | {"gflops": 60.0}])
+    assert "at different speeds" in slow and "60 to 100 GFLOP/s" in slow
+    other = budget_caveat([base | {"gflops": 100.0}, base | {"hardware": "Intel", "gflops": 100.0}])
+    assert "2 machines" in other
+    # without a recorded speed, the platform build stands in for it
+    old = base | {"gflops": float("nan"), "platform": "Linux-6.18-fc-v1300"}
+    assert budget_caveat([old, old | {"gflops": None}]) is None
+    builds = budget_caveat([old, old | {"platform": "Linux-6.18-fc-v1272"}])
+    assert "2 machines" in builds and "fc-v1272" in builds and "fc-v1300" in builds
+    assert "2 machines" in budget_caveat([old, base | {"gflops": 100.0}]), "one speed unknown"
+    assert budget_caveat([base, base]) is None, "rows of older tables: neither key"
+
+
+def test_a_run_records_how_fast_its_cpu_was():
+    from cocs.provenance import environment_info, speed_probe
+    from cocs.runs import trained_on
+
+    speed = speed_probe()
+    assert speed["matmul_gflops"] > 0 and speed["copy_gbps"] > 0
+    assert speed_probe() is speed, "measured once per process"
+    env = environment_info("cpu")
+    assert env["hardware"]["speed"] == speed
+    assert "speed" not in environment_info("cuda:0")["hardware"], "a GPU run: not the CPU's"
+    assert trained_on({"environment": env, "autocast": "off"})["gflops"] == speed["matmul_gflops"]
