@@ -46,6 +46,7 @@ from torch.utils._pytree import tree_flatten
 
 from .allocator import keep_freed_memory, keeps_freed_memory
 from .cluster import Cluster
+from .provenance import speed_probe
 
 
 def paper_cluster(x: Tensor, value: Tensor, mixer: Cluster) -> Tensor:
@@ -415,6 +416,8 @@ def compare(
         "device": device,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        # how fast this machine is: one processor name can hide several speeds
+        "gflops": speed_probe()["matmul_gflops"] if device == "cpu" else None,
     }
 
 

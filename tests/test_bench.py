@@ -46,6 +46,7 @@ def test_cpu_peak_counts_what_is_alive_at_once():
 def test_compare_and_main_write_a_csv(tmp_path):
     row = compare("coc_micro", img_size=32, batch=4, steps=1, warmup=0)
     assert row["speedup"] > 0 and row["cocs_peak_mib"] > 0 and row["paper_peak_mib"] > 0
+    assert row["gflops"] > 0, "the machine's speed beside its timings"
     # by default each case runs in a fresh process of its own
     cases = ["coc_micro:32:4", "coc_micro:32:2"]
     path = main(["--steps", "1", "--warmup", "0", "--out_dir", str(tmp_path), "--cases", *cases])
