@@ -255,13 +255,13 @@ def _known(value) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
-def _machine(m: Mapping) -> tuple[str, ...]:
-    """What a run's minutes were minutes of: processor, threads and precision, and, for a run
-    that recorded no speed, its platform build in the speed's stead (one processor name has
-    trained here under two builds, one about 1.6x slower than the other)."""
+def _machine(m: Mapping, by_speed: bool) -> tuple[str, ...]:
+    """What a run's minutes were minutes of: processor, threads and precision, and, unless
+    the runs compared all recorded their speed (``by_speed``), the platform build in its stead
+    (one processor name has trained here under two builds, one about 1.7x slower)."""
     key = (str(m["hardware"]), f"{m['threads']} threads", f"autocast {m.get('autocast', '?')}")
     platform = m.get("platform")
-    return key if _known(m.get("gflops")) else (*key, str(platform if _known(platform) else "?"))
+    return key if by_speed else (*key, str(platform if _known(platform) else "?"))
 
 
 def budget_caveat(machines: Iterable[Mapping]) -> str | None:
@@ -269,10 +269,12 @@ def budget_caveat(machines: Iterable[Mapping]) -> str | None:
     than one machine (``machines``: each run's :func:`trained_on`, or rows with its keys), else
     None: a minute of one is not a minute of work on another, so such a comparison holds only
     between runs of the same machine. One processor name can hide machines of different
-    speeds: runs that recorded theirs (``gflops``) must agree on it within
-    :data:`SPEED_TOLERANCE`, and runs that did not must share their platform build."""
+    speeds: runs that all recorded theirs (``gflops``) must agree on it within
+    :data:`SPEED_TOLERANCE`; otherwise they must share their platform build."""
     machines = list(machines)
-    seen = sorted({_machine(m) for m in machines})
+    speeds = [float(m["gflops"]) for m in machines if _known(m.get("gflops"))]
+    by_speed = len(speeds) == len(machines)
+    seen = sorted({_machine(m, by_speed) for m in machines})
     if len(seen) >= 2:
         names = "; ".join(", ".join(k) for k in seen)
         return (
@@ -280,8 +282,7 @@ def budget_caveat(machines: Iterable[Mapping]) -> str | None:
             "there are not equal work, so compare budgeted runs only within one of them, or "
             "train the others again on one machine"
         )
-    speeds = [float(m["gflops"]) for m in machines if _known(m.get("gflops"))]
-    if len(speeds) >= 2 and max(speeds) > SPEED_TOLERANCE * min(speeds):
+    if by_speed and len(speeds) >= 2 and max(speeds) > SPEED_TOLERANCE * min(speeds):
         return (
             f"these runs trained on machines of one name ({', '.join(seen[0])}) at different "
             f"speeds (float32 products at {min(speeds):.0f} to {max(speeds):.0f} GFLOP/s, "

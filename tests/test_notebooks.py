@@ -427,7 +427,7 @@ def _(out: Path):
         same = bool((where.loc[c["better"]] == where.loc[c["worse"]]).all())
         assert c["same_machine"] == same, f"{c['better']} - {c['worse']}: same_machine"
     one = csv_table(out / "one_machine.csv", ["what", "better", "worse", "mean", "verdict"])
-    assert len(one) == 3 and (one["low"] <= one["high"]).all(), "the committed one-machine runs"
+    assert len(one) == 5 and (one["low"] <= one["high"]).all(), "the committed one-machine runs"
     aims = csv_table(out / "aims.csv", ["aim", "runs", "measured", "met", "same_machine"])
     assert len(aims) == 2 and aims["met"].dtype == bool and aims["same_machine"].dtype == bool
     for name in ("predictions", "clusters"):
