@@ -361,14 +361,15 @@ def _segmentation(results: Path) -> str | None:
         if "same_machine" in c:  # runs reused from another machine bought other work per minute
             table.insert(4, "same machine", c["same_machine"].map({True: "yes", False: "no"}))
         text += "\n\n" + table.to_markdown(index=False)
-    one = path.with_name("one_machine.csv")
-    if one.is_file():  # the same questions between runs of one machine, beside the table's
-        o = pd.read_csv(one)
+    two = path.with_name("two_machines.csv")
+    if two.is_file():  # the table's runs beside their twins from a faster machine
+        o = pd.read_csv(two)
         table = _miou_differences(o, comparison=o["what"], **{
             "epochs": o["epochs"], "s per epoch": o["seconds_per_epoch"]})  # fmt: skip
         text += (
-            "\n\nWith chapter 9's `one_machine/` runs (trained one after another on the slower "
-            "machine; one seed each):\n\n" + table.to_markdown(index=False)
+            "\n\nWith chapter 9's `faster_machine/` runs (the same models, recipes and seeds, "
+            "trained on a faster machine of the same name) and its `finer_regions/` run; one "
+            "seed each:\n\n" + table.to_markdown(index=False)
         )
     aims = path.with_name("aims.csv")
     if aims.is_file():

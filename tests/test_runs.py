@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -180,17 +181,22 @@ def test_kept_arrays_are_read_back_only_for_their_own_key(tmp_path):
 
 
 def test_committed_segmentation_runs_keep_what_their_figures_draw():
-    """Chapter 9's run weights are not committed: each run's shown.npz must stand for them."""
+    """Chapter 9's run weights are not committed: the shown.npz of each run its figures draw
+    (each backbone's best) must stand for them."""
     from cocs.dense import shown_key
 
     folder = Path(__file__).resolve().parents[1] / "results" / "09_dense_prediction"
-    runs = sorted(folder.glob("*/metrics.json"))
-    assert runs, f"no committed runs under {folder}"
-    for path in runs:
-        meta = json.loads(path.read_text())
-        kept = R.read_kept(path.parent / "shown.npz", shown_key(meta))
-        assert kept is not None, f"{path.parent.name}: shown.npz missing or not this run's"
+    runs = pd.read_csv(folder / "runs.csv")
+    drawn = set(runs.loc[runs.groupby("backbone")["miou"].idxmax(), "run"])  # each one's best
+    assert len(drawn) == 2, drawn
+    for name in sorted(drawn):
+        meta = json.loads((folder / name / "metrics.json").read_text())
+        kept = R.read_kept(folder / name / "shown.npz", shown_key(meta))
+        assert kept is not None, f"{name}: shown.npz missing or not this run's"
         assert kept["pred"].shape == (2, *T.segmentation_size(meta["config"]["img_size"]))
+    for path in folder.rglob("shown.npz"):  # and whatever else is kept belongs to its run
+        meta = json.loads((path.parent / "metrics.json").read_text())
+        assert R.read_kept(path, shown_key(meta)) is not None, f"{path.parent}: not this run's"
 
 
 def test_budgeted_runs_of_one_machine_name_but_different_speeds_do_not_compare():
