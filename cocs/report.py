@@ -368,8 +368,8 @@ def _segmentation(results: Path) -> str | None:
             "epochs": o["epochs"], "s per epoch": o["seconds_per_epoch"]})  # fmt: skip
         text += (
             "\n\nWith chapter 9's `faster_machine/` runs (the same models, recipes and seeds, "
-            "trained on a faster machine of the same name) and its `finer_regions/` run; one "
-            "seed each:\n\n" + table.to_markdown(index=False)
+            "trained on a faster machine of the same name) and its `finer_regions/` and "
+            "`another_seed/` runs; one seed each:\n\n" + table.to_markdown(index=False)
         )
     aims = path.with_name("aims.csv")
     if aims.is_file():
