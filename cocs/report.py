@@ -369,7 +369,8 @@ def _segmentation(results: Path) -> str | None:
         text += (
             "\n\nWith chapter 9's `faster_machine/` runs (the same models, recipes and seeds, "
             "trained on a faster machine of the same name) and its `finer_regions/` and "
-            "`another_seed/` runs; one seed each:\n\n" + table.to_markdown(index=False)
+            "`another_seed/` runs; one seed each where a row names no seeds:\n\n"
+            + table.to_markdown(index=False)
         )
     aims = path.with_name("aims.csv")
     if aims.is_file():

@@ -428,7 +428,7 @@ def _(out: Path):
         same = bool((where.loc[c["better"]] == where.loc[c["worse"]]).all())
         assert c["same_machine"] == same, f"{c['better']} - {c['worse']}: same_machine"
     two = csv_table(out / "two_machines.csv", ["what", "better", "worse", "mean", "verdict"])
-    assert len(two) == 10 and (two["low"] <= two["high"]).all(), "the committed runs' twins"
+    assert len(two) == 12 and (two["low"] <= two["high"]).all(), "the committed runs' twins"
     assert two["worse"].str.endswith(", faster").sum() == 8
     aims = csv_table(out / "aims.csv", ["aim", "runs", "measured", "met", "same_machine"])
     assert len(aims) == 2 and aims["met"].dtype == bool and aims["same_machine"].dtype == bool
