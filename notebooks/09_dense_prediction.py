@@ -351,7 +351,9 @@ for label, folder in folders.items():
     pilot[label] = {"confusion": confusion[None], "fingerprint": meta["fingerprint"],
                     "row": {"run": label, "platform": meta["environment"]["hardware"]["platform"],
                             "epochs": meta["epochs_done"], "seconds_per_epoch": seconds,
-                            "miou": miou, "miou_low": low, "miou_high": high}}  # fmt: skip
+                            "miou": miou, "miou_low": low, "miou_high": high},
+                    "setting": (meta["environment"]["hardware"]["cpu_capability"],
+                                meta["environment"]["hardware"]["torch_threads"], meta["autocast"])}  # fmt: skip
 one_runs = pd.DataFrame([p["row"] for p in pilot.values()]).set_index("run")
 twins = [label.removesuffix(", faster") for label in folders if label.endswith(", faster")]
 table_build = one_runs.loc["coc_4", "platform"]
@@ -361,6 +363,8 @@ assert pilot["coc_4, folds 8/4/2/1"]["fingerprint"] != pilot["coc_4"]["fingerpri
 for name in ("coc_4", "coc_25"):
     assert pilot[f"{name}, seed 1"]["fingerprint"] == pilot[name]["fingerprint"], f"{name}: seeds"
 here = [label for label in folders if not label.endswith(", faster")]
+assert len(twins) == 5, f"the prose: five twins, not {twins}"
+assert {pilot[label]["setting"] for label in folders} == {("AVX512", 2, "bfloat16")}, "the prose"
 assert (one_runs.loc[here, "platform"] == table_build).all(), "the prose: one machine"
 assert (one_runs.loc[[f"{n}, faster" for n in twins], "platform"] != table_build).all()
 display(one_runs.round(2))
