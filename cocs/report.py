@@ -339,6 +339,9 @@ def _segmentation(results: Path) -> str | None:
         shown.insert(5, "95% interval", [
             f"[{lo:.1f}, {hi:.1f}]" for lo, hi in zip(df["miou_low"], df["miou_high"], strict=True)
         ])  # fmt: skip
+    several = "miou_seeds" in df and (df["seeds"] > 1).any()
+    if several:  # every seed's mean IoU, seed 0 first
+        shown.insert(6, "mIoU, every seed", df["miou_seeds"].astype(str).str.replace(" ", ", "))
     if "autocast" in df and budget_caveat(df.to_dict("records")):  # say which run trained where
         speed = df["gflops"] if "gflops" in df else [None] * len(df)  # speed_probe, if recorded
         build = _builds(df["platform"]) if "platform" in df else [None] * len(df)  # else build
@@ -347,20 +350,34 @@ def _segmentation(results: Path) -> str | None:
             + (f", {g:.0f} GFLOP/s" if pd.notna(g) else f", {b}" if pd.notna(b) else "")
             for h, a, g, b in zip(df["hardware"], df["autocast"], speed, build, strict=True)
         ]
+    seeds = (
+        "mIoU, interval and epochs of seed 0, and every seed's mIoU beside them; the comparisons "
+        "pair the seeds both runs have, and their intervals add the seeds' spread to the test set's"
+        if several
+        else "one seed per run"
+    )
     note = (
-        "\n\nSemantic FPN on CamVid (11 classes, void ignored), the 233 test images; one seed "
-        f"per run; trained on {_trained_on(df)}; equal wall-clock budgets per run, so a costlier model fits fewer "
-        "epochs and a difference mixes the model's effect with that of its epochs. Intervals: "
-        "the test set's variation only (a bootstrap over test images), not another seed's."
+        f"\n\nSemantic FPN on CamVid (11 classes, void ignored), the 233 test images; {seeds}; "
+        f"trained on {_trained_on(df)}; equal wall-clock budgets per run, so a costlier model fits fewer "
+        "epochs and a difference mixes the model's effect with that of its epochs. A run's own "
+        "interval: the test set's variation only (a bootstrap over test images), not another seed's."
     )
     text = shown.to_markdown(index=False) + note
     claims = path.with_name("comparisons.csv")
     if claims.is_file():
         c = pd.read_csv(claims)
         table = _miou_differences(c, claim=c["claim"], paper=c["paper"])
+        if "seeds" in c:
+            table.insert(2, "seeds", c["seeds"])
         if "same_machine" in c:  # runs reused from another machine bought other work per minute
             table.insert(4, "same machine", c["same_machine"].map({True: "yes", False: "no"}))
         text += "\n\n" + table.to_markdown(index=False)
+    moves = path.with_name("seeds.csv")
+    if moves.is_file():  # how far another seed moved each run
+        m = pd.read_csv(moves)
+        text += "\n\nSeed 1 minus seed 0 of each run, on the same test images:\n\n" + pd.DataFrame({
+            "run": m["run"], "mIoU difference [95% interval]": [_interval(r) for _, r in m.iterrows()],
+            "epochs": m["epochs"]}).to_markdown(index=False)  # fmt: skip
     two = path.with_name("two_machines.csv")
     if two.is_file():  # the table's runs beside their twins from a faster machine
         o = pd.read_csv(two)
@@ -368,9 +385,8 @@ def _segmentation(results: Path) -> str | None:
             "epochs": o["epochs"], "s per epoch": o["seconds_per_epoch"]})  # fmt: skip
         text += (
             "\n\nWith chapter 9's `faster_machine/` runs (the same models, recipes and seeds, "
-            "trained on a faster machine of the same name) and its `finer_regions/` and "
-            "`another_seed/` runs; one seed each where a row names no seeds:\n\n"
-            + table.to_markdown(index=False)
+            "trained on a faster machine of the same name) and its `finer_regions/` run, one "
+            "seed each:\n\n" + table.to_markdown(index=False)
         )
     aims = path.with_name("aims.csv")
     if aims.is_file():

@@ -421,15 +421,24 @@ def _(out: Path):
         "reproduces", "reversed", "differs", "no difference detected at this scale"
     }  # fmt: skip
     assert "the centre count matters little" in set(comparisons["claim"])
-    miou = runs.set_index("run")["miou"]
+    seeds_of = dict(zip(runs["run"], runs["miou_seeds"], strict=True))
+    every = {r: [float(m) for m in s.split()] for r, s in seeds_of.items()}
+    assert (runs["seeds"] == [len(v) for v in every.values()]).all()
+    assert runs["miou"].tolist() == pytest.approx([v[0] for v in every.values()], abs=0.006)
     where = runs.set_index("run")[["hardware", "threads", "autocast"]].astype(str)
-    for _, c in comparisons.iterrows():
-        assert c["mean"] == pytest.approx(miou[c["better"]] - miou[c["worse"]])
+    for _, c in comparisons.iterrows():  # paired seed by seed, over the seeds both runs have
+        a, b = every[c["better"]], every[c["worse"]]
+        assert c["seeds"] == min(len(a), len(b))
+        per_seed = [x - y for x, y in zip(a, b, strict=False)]  # seeds 0, 1, ... of both
+        assert c["mean"] == pytest.approx(sum(per_seed) / len(per_seed), abs=0.01)
         same = bool((where.loc[c["better"]] == where.loc[c["worse"]]).all())
         assert c["same_machine"] == same, f"{c['better']} - {c['worse']}: same_machine"
     two = csv_table(out / "two_machines.csv", ["what", "better", "worse", "mean", "verdict"])
-    assert len(two) == 12 and (two["low"] <= two["high"]).all(), "the committed runs' twins"
+    assert len(two) == 9 and (two["low"] <= two["high"]).all(), "the committed runs' twins"
     assert two["worse"].str.endswith(", faster").sum() == 8
+    seeds = csv_table(out / "seeds.csv", ["run", "mean", "low", "high", "epochs"])
+    assert len(seeds) == 6 and (seeds["low"] < seeds["mean"]).all(), "the committed seeds 1"
+    assert (seeds["mean"] < seeds["high"]).all()
     aims = csv_table(out / "aims.csv", ["aim", "runs", "measured", "met", "same_machine"])
     assert len(aims) == 2 and aims["met"].dtype == bool and aims["same_machine"].dtype == bool
     for name in ("predictions", "clusters"):

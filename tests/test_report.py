@@ -269,6 +269,32 @@ def test_segmentation_claims_and_aims_come_from_their_files(tmp_path):
     assert "not another seed's" in text
 
 
+def test_segmentation_runs_with_several_seeds_show_every_seed(tmp_path):
+    _segmentation_runs(tmp_path, ["AMD EPYC (AVX2)"] * 2)
+    folder = tmp_path / "09_dense_prediction"
+    runs = pd.read_csv(folder / "runs.csv")
+    runs.assign(seeds=[2, 1, 2], miou_seeds=["40.00 38.50", "41.00", "47.25 46.00"]).to_csv(
+        folder / "runs.csv", index=False
+    )
+    pd.DataFrame([{"claim": "a Context Cluster backbone beats the ResNet", "better": "coc_4",
+                   "worse": "resnet", "seeds": 2, "mean": -7.38, "low": -9.0, "high": -5.7,
+                   "verdict": "reversed", "paper": "COCO"}]).to_csv(
+        folder / "comparisons.csv", index=False)  # fmt: skip
+    pd.DataFrame([{"run": "coc_4", "mean": -1.5, "low": -1.9, "high": -1.1,
+                   "beyond_test_interval": True, "epochs": "15 vs 16"}]).to_csv(
+        folder / "seeds.csv", index=False)  # fmt: skip
+    text = report.render(tmp_path)
+    assert "mIoU, every seed" in text and "| 40.00, 38.50 " in text and "| 41.00 " in text
+    assert (
+        "the comparisons pair the seeds both runs have" in text and "one seed per run" not in text
+    )
+    row = next(line for line in text.splitlines() if "| coc_4 - resnet " in line)
+    assert [c.strip() for c in row.split("|")][3] == "2", "the seeds column"
+    assert "Seed 1 minus seed 0 of each run" in text
+    row = next(line for line in text.splitlines() if line.startswith("| coc_4 | -1.50 "))
+    assert "| -1.50 [-1.90, -1.10] " in row and "| 15 vs 16 " in row
+
+
 def test_budgeted_runs_of_several_machines_carry_a_caveat(tmp_path):
     _segmentation_runs(tmp_path, ["AMD EPYC (AVX2)", "Intel Xeon (AVX512_BF16)"])
     text = report.render(tmp_path)
