@@ -384,7 +384,8 @@ display(Markdown("\n".join(lines)))
 # that the prose below is checked against them:
 #
 # - **another seed.** Every run of the table was trained again with seed 1 on the table's
-#   machine (with `seeds = 2`; kept in `seed1/`): another seed means other initial weights
+#   machine (its recipe with seed 1, as `seeds = 2` trains it; kept in `seed1/` and checked
+#   below to be the table run's model and recipe): another seed means other initial weights
 #   for the layers that start from scratch, another order and augmentation of the training
 #   images. It shows how far a seed alone moves a run at this budget, and the comparisons
 #   above pair these seeds with the table's.
