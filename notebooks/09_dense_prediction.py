@@ -496,6 +496,9 @@ assert by_run.loc[coc_runs, "beyond_test_interval"].all(), "the prose: beyond th
 assert not by_run.loc[peer_runs, "beyond_test_interval"].any(), "the prose: within theirs"
 assert moved[peer_runs].max() < moved[coc_runs].min(), "the prose: the ResNet runs moved less"
 assert (seed_moves["mean"] < 0).all(), "the prose: no run higher with seed 1"
+epochs_0, epochs_1 = (one_runs.loc[[f"{n}{s}" for n in table_runs], "epochs"].to_numpy()
+                      for s in ("", ", seed 1"))  # fmt: skip
+assert (epochs_0 != epochs_1).any(), "the prose: the same minutes fitted other epoch counts"
 
 # %% [markdown]
 # ### What a machine does
