@@ -52,8 +52,11 @@ def speed_probe(seconds: float = 0.25) -> dict[str, float]:
     process. Two machines of one name can differ here (another generation, clock or neighbours
     on a shared host); runs compared at equal wall-clock budgets need equal speeds, not only
     equal names (:func:`cocs.runs.budget_caveat`)."""
-    a = torch.randn(512, 512)
-    src, dst = torch.randn(16 * 2**20), torch.empty(16 * 2**20)  # 64 MB each
+    # its own generator: probing must not move the global random state that seeds a run
+    # (the first run of a process probes, the next ones reuse the result)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(512, 512, generator=g)
+    src, dst = torch.randn(16 * 2**20, generator=g), torch.empty(16 * 2**20)  # 64 MB each
     rates = {}
     for key, work, step in (
         ("matmul_gflops", 2 * 512**3 / 1e9, lambda: torch.mm(a, a)),

@@ -226,6 +226,9 @@ def test_a_run_records_how_fast_its_cpu_was():
     speed = speed_probe()
     assert speed["matmul_gflops"] > 0 and speed["copy_gbps"] > 0
     assert speed_probe() is speed, "measured once per process"
+    state = torch.random.get_rng_state()
+    speed_probe.__wrapped__(seconds=0.01)  # the probe itself, uncached
+    assert torch.equal(torch.random.get_rng_state(), state), "a run's seed sees no probe"
     env = environment_info("cpu")
     assert env["hardware"]["speed"] == speed
     assert "speed" not in environment_info("cuda:0")["hardware"], "a GPU run: not the CPU's"

@@ -574,3 +574,28 @@ def test_a_run_trains_in_bfloat16_autocast_on_the_cpu(tree, tmp_path):
         run = T.train(config(tree, tmp_path, **plain))
     assert run["autocast"] == "bfloat16" and run["complete"]
     assert np.isfinite(run["final"]["train_loss"]) and 0 <= run["final"]["test_acc"] <= 100
+
+
+@pytest.mark.parametrize("opt", ["adamw", "sgd"])
+def test_fused_optimizer_steps_equal_the_per_parameter_loop(opt):
+    import copy
+
+    import timm
+    import timm.optim
+
+    assert T._fused(opt) == {"fused": True}
+    assert T._fused("lamb") == {}  # timm's own optimizers have no fused step
+    torch.manual_seed(0)
+    loop = timm.create_model("coc_micro")
+    fused = copy.deepcopy(loop)
+    opts = [timm.optim.create_optimizer_v2(m, opt=opt, lr=1e-2, weight_decay=0.05, **kw)
+            for m, kw in ((loop, {}), (fused, T._fused(opt)))]  # fmt: skip
+    assert opts[1].param_groups[0]["fused"] and not opts[0].param_groups[0]["fused"]
+    for _ in range(3):
+        for a, b in zip(loop.parameters(), fused.parameters(), strict=True):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        for o in opts:
+            o.step()
+    for a, b in zip(loop.parameters(), fused.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
