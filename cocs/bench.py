@@ -131,19 +131,36 @@ def _release_res(block, x: Tensor) -> Tensor:
     return (_release_layer(block.net2, _release_layer(block.net1, x)) + x).relu()
 
 
+def release_fps(xyz: Tensor, m: int) -> Tensor:
+    """Farthest point sampling as PointMLP's release loops it: each step takes the squared
+    distances of all (B, N, 3) points to the last chosen one and keeps the minimum (from the
+    first point, where the release starts at a random one). The same samples as
+    :func:`cocs.pointsets.farthest_point_sample`. (B, N, 3) -> (B, m)."""
+    B, N, _ = xyz.shape
+    idx = torch.zeros(B, m, dtype=torch.long, device=xyz.device)
+    distance = torch.full((B, N), 1e10, device=xyz.device)
+    far = torch.zeros(B, dtype=torch.long, device=xyz.device)
+    rows = torch.arange(B, device=xyz.device)
+    for i in range(m):
+        idx[:, i] = far
+        dist = torch.sum((xyz - xyz[rows, far, :].view(B, 1, 3)) ** 2, -1)
+        distance = torch.min(distance, dist)
+        far = torch.max(distance, -1)[1]
+    return idx
+
+
 def release_pointmlp(model: nn.Module, xyz: Tensor) -> Tensor:
     """PointMLP's forward pass as its release writes it, on the weights of a
     ``cocs.pointmlp.PointMLP``: features (B, C, N), groups (B * S, C, k), Conv1d layers, and a
     kNN by the expanded square distance. (B, N, 3) -> (B, classes)."""
     from .pointmlp import ResBlock
-    from .pointsets import farthest_point_sample
 
     x = _release_layer(model.embedding, xyz.transpose(1, 2))  # (B, C, N)
     for stage in model.stages:
         g = stage.grouper
         B = x.shape[0]
         pts = x.transpose(1, 2)  # (B, N, C)
-        idx = farthest_point_sample(xyz, g.anchors)  # (B, S)
+        idx = release_fps(xyz, g.anchors)  # (B, S)
         rows = torch.arange(B, device=xyz.device).unsqueeze(1)
         new_xyz, anchor = xyz[rows, idx], pts[rows, idx]  # (B, S, 3), (B, S, C)
         sq = (-2 * new_xyz @ xyz.transpose(1, 2) + new_xyz.square().sum(-1, keepdim=True)

@@ -33,6 +33,32 @@ def test_farthest_point_sampling_matches_the_loop_and_is_deterministic():
         farthest_point_sample(xyz, 41)
 
 
+def test_farthest_point_sampling_sums_distances_as_the_textbook_formula_rounds_them():
+    """The coordinates-first loop takes exactly the samples of the squared distance
+    ``(xyz - centre).square().sum(-1)``, rounding included, on coordinates stored in float16
+    as ModelNet40's are (many equal values, so many near-equal distances), scaled per axis as
+    training augments them."""
+    torch.manual_seed(3)
+    xyz = torch.rand(8, 500, 3).half().float() * torch.empty(8, 1, 3).uniform_(0.67, 1.5)
+    xyz[:, 250:260] = xyz[:, 240:250]  # repeated points: exact ties
+    B, N, _ = xyz.shape
+    far, nearest, rows = (
+        torch.zeros(B, dtype=torch.long),
+        torch.full((B, N), float("inf")),
+        torch.arange(B),
+    )
+    expected = []
+    for _ in range(200):
+        expected.append(far)
+        nearest = torch.minimum(nearest, (xyz - xyz[rows, far].unsqueeze(1)).square().sum(-1))
+        far = nearest.argmax(-1)
+    assert torch.equal(farthest_point_sample(xyz, 200), torch.stack(expected, 1))
+    # and the release's loop, the baseline of `make bench`, takes the same samples
+    from cocs.bench import release_fps
+
+    assert torch.equal(release_fps(xyz, 200), torch.stack(expected, 1))
+
+
 def test_a_farthest_point_sample_samples_itself_as_its_first_points():
     """What ``ordered=True`` relies on: sampling a sample (in its order) takes its first points,
     down the stages of a model; and the loop, run on it, agrees."""
