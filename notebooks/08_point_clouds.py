@@ -67,6 +67,7 @@ train_missing = True  # False: train nothing, only reuse finished runs that matc
 results_dir = "results"
 
 # %%
+import json
 import time
 from pathlib import Path
 
@@ -77,6 +78,7 @@ import torch
 from IPython.display import display
 
 import cocs  # noqa: F401  (registers the models)
+from cocs import model_fingerprint
 from cocs.bench import hardware_name
 from cocs.handbook import results_path, save_figure, write_csv
 from cocs.modelnet import load_modelnet40
@@ -85,7 +87,7 @@ from cocs.pointsets import farthest_point_sample, gather, knn
 from cocs.runs import MissingRun, budget_caveat, train_or_reuse, trained_on
 from cocs.setmodel import SetCluster
 from cocs.stats import class_accuracies, paired_difference
-from cocs.train import TrainConfig
+from cocs.train import TrainConfig, parse_model_kwargs
 
 started = time.perf_counter()
 if num_threads:
@@ -286,6 +288,76 @@ if len(both) >= 2:
               out / "optimizer_difference.csv")  # fmt: skip
 else:
     print(f"not compared: {len(both)} seed(s) of coc_points with both optimizers, 2 needed")
+
+# %% [markdown]
+# ## A coarser stem at the same budget
+#
+# At this budget `coc_points` is short of epochs: its test accuracy was still rising when its
+# minutes ran out. Its stem keeps one point in four (1,024 to 256); a stem that keeps one in
+# eight (`stem_reduction=8`: 128 points) halves the work of every later stage, much as a
+# 4x4 stem gives the ImageNet variants a quarter of a 2x2 stem's points. Two runs of seed 0
+# test what the same minutes buy then: `coc_points` as registered and with
+# `stem_reduction=8`, this chapter's recipe and budget otherwise, trained one after the other
+# on one machine from one clean commit, after the sampling loop and the optimizer step had
+# become faster than when the table's runs trained. They are committed under `coarser_stem/`
+# and read here in every profile; not part of the default profile's time. One seed each: the
+# interval covers the test set, not the seed (the table's two seeds of `coc_points` differ by
+# a few tenths of a point).
+
+# %%
+coarser = results_path("results", "08_point_clouds", create=False) / "coarser_stem"
+stems = {4: "", 8: "stem_reduction=8"}  # points kept: one in 4 (as registered), one in 8
+stem_runs, rows_stem = {}, []
+for r, kwargs in stems.items():
+    folder = coarser / f"stem_reduction_{r}" / "seed0"
+    meta = json.loads((folder / "metrics.json").read_text())
+    model = cocs.create_model("coc_points", **parse_model_kwargs(kwargs))
+    assert meta["fingerprint"] == model_fingerprint(model), f"{folder}: another model"
+    assert meta["config"]["model_kwargs"] == kwargs and not meta["environment"]["git_dirty"]
+    with np.load(folder / "predictions.npz") as f:
+        stem_runs[r] = meta, f["label"] == f["pred"]
+    rows_stem.append({
+        "stem_reduction": r, "points_after_stem": 1024 // r, "oa": meta["final"]["test_acc"],
+        "epochs": meta["epochs_done"],
+        "minutes": pd.read_csv(folder / "metrics.csv")["epoch_seconds"].sum() / 60,
+        "git_commit": meta["environment"]["git_commit"][:7], **trained_on(meta),
+    })  # fmt: skip
+(m4, right4), (m8, right8) = stem_runs[4], stem_runs[8]
+assert m4["recipe"] == m8["recipe"], "the two stems trained with different recipes"
+table_run = json.loads((coarser.parent / "coc_points" / "seed0" / "metrics.json").read_text())
+assert m4["recipe"] == table_run["recipe"], "not the recipe of the table's coc_points"
+assert budget_caveat([trained_on(m4), trained_on(m8)]) is None, "not one machine"
+d_stem = paired_difference(right8[None], right4[None], allow_one_seed=True)
+write_csv(pd.DataFrame([d_stem.as_dict() | {"a": "coc_points, stem keeps 1 in 8",
+                                            "b": "coc_points, stem keeps 1 in 4"}]),
+          out / "coarser_stem.csv")  # fmt: skip
+oa8 = m8["final"]["test_acc"]
+print(f"one point in 8 after the stem minus one in 4, seed 0: {d_stem.mean:+.2f} points of OA "
+      f"[{d_stem.low:+.2f}, {d_stem.high:+.2f}] (the test set's interval); epochs in the "
+      f"budget: {m8['epochs_done']} against {m4['epochs_done']}; the coarser stem reached "
+      f"{oa8:.2f}%, {'meeting' if oa8 >= TARGET else 'short of'} the {TARGET:.0f}% target "
+      f"by {abs(oa8 - TARGET):.2f} points. The table's coc_points, seed 0, with the older code "
+      f"on its own machine: {table_run['final']['test_acc']:.2f}% in "
+      f"{table_run['epochs_done']} epochs")  # fmt: skip
+# what the prose below says
+assert d_stem.low > 0 and 1 <= d_stem.mean < 2, "the prose: 1-2 points, beyond the interval"
+assert m8["epochs_done"] >= 1.5 * m4["epochs_done"], "the prose: half as many epochs again"
+assert TARGET - 1 < oa8 < TARGET, "the prose: within a point of the target, not reaching it"
+assert m4["final"]["test_acc"] > table_run["final"]["test_acc"] + 1, "the prose: the table lags"
+assert m4["epochs_done"] > table_run["epochs_done"], "the prose: more epochs in the same minutes"
+pd.DataFrame(rows_stem).round(2)
+
+# %% [markdown]
+# In the same minutes the coarser stem fits at least half as many epochs again, and that is
+# worth more here than the finer first stage: it gains between one and two points of overall
+# accuracy, an interval that only just excludes zero (and covers the test set, not the seed),
+# and comes within a point of the 88% target without reaching it. The registered model itself
+# also does better here than in the table: with today's faster sampling, on this machine, it
+# fits more epochs into the same minutes and passes the table's seed 0 by more than a point
+# (another machine and older code, so this is no controlled comparison). Both say the table's
+# runs are short of epochs. With one seed each these are measurements, not yet the chapter's
+# model: making one in eight the registered `coc_points` changes its fingerprint, so the
+# table's runs (both seeds, and the SGD comparison) would be trained again.
 
 # %% [markdown]
 # ## Per-class accuracy of the best model
