@@ -56,7 +56,7 @@ def farthest_point_sample(
     # coordinates first: each step then works on three contiguous (B, N) rows, into buffers
     # of its own; the squared distance is summed x, y, z in turn, as a sum over the last
     # axis of (B, N, 3) sums them (a reduction over 3 values of a row is sequential), so the
-    # samples are those of (xyz - centre).square().sum(-1), 2-3x faster on a CPU
+    # samples are those of (xyz - centre).square().sum(-1), with fewer passes over memory
     coords = xyz.transpose(1, 2).contiguous()  # (B, 3, N)
     d, t = torch.empty_like(nearest), torch.empty_like(nearest)  # (B, N) each
     for i in range(m):  # m steps, each vectorised over the batch and the points

@@ -540,8 +540,8 @@ def _fused(opt: str) -> dict:
     """``{"fused": True}`` when timm's optimizer ``opt`` is one of torch's with a fused step.
 
     The same update as the per-parameter loop that torch otherwise runs on a CPU, up to
-    rounding (tests/test_train.py), in one pass: for ``coc_cifar`` with AdamW the optimizer
-    step takes about a quarter of the loop's time, a few percent of a training step.
+    rounding (tests/test_train.py), in one pass over all parameters instead of a loop of small
+    operations per parameter.
     """
     import timm.optim
 

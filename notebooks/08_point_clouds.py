@@ -343,6 +343,8 @@ print(f"one point in 8 after the stem minus one in 4, seed 0: {d_stem.mean:+.2f}
 assert d_stem.low > 0 and 1 <= d_stem.mean < 2, "the prose: 1-2 points, beyond the interval"
 assert m8["epochs_done"] >= 1.5 * m4["epochs_done"], "the prose: half as many epochs again"
 assert TARGET - 1 < oa8 < TARGET, "the prose: within a point of the target, not reaching it"
+coc_seeds = runs.loc[runs["model"] == "coc_points", "oa"]
+assert coc_seeds.max() - coc_seeds.min() < 1, "the prose: seeds differ by tenths"
 assert m4["final"]["test_acc"] > table_run["final"]["test_acc"] + 1, "the prose: the table lags"
 assert m4["epochs_done"] > table_run["epochs_done"], "the prose: more epochs in the same minutes"
 pd.DataFrame(rows_stem).round(2)
