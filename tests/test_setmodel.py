@@ -14,7 +14,7 @@ def test_coc_points_classifies_point_clouds_and_every_parameter_learns():
     model = timm.create_model("coc_points", num_classes=10)
     n_params = sum(p.numel() for p in model.parameters())
     assert 2_000_000 < n_params < 3_000_000, "about coc_cifar's size"
-    out = model(torch.randn(2, 256, 3))
+    out = model(torch.randn(2, 512, 3))
     assert out.shape == (2, 10) and out.isfinite().all()
     out.square().sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
@@ -56,7 +56,7 @@ def test_overlapping_regions_average_what_they_dispatch_and_maps_are_recorded():
 def test_a_stage_groups_once_and_computes_what_each_block_grouping_for_itself_would():
     torch.manual_seed(2)
     model = timm.create_model("coc_points", num_classes=5, layer_scale=0.5).eval()
-    xyz = torch.randn(2, 256, 3)
+    xyz = torch.randn(2, 512, 3)
 
     def each_block_groups(xyz):  # the forward pass with every block sampling its own regions
         xyz, x = model.stem(xyz, xyz)
