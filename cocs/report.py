@@ -293,10 +293,9 @@ def _points(results: Path) -> str | None:
             f"[{d['low']:+.2f}, {d['high']:+.2f}] over {d['seeds']} paired seeds (95% interval, "
             "bootstrap over test shapes combined with the seeds' spread)."
         )
-    stem = results / "08_point_clouds" / "coarser_stem.csv"
-    if stem.is_file():  # one seed of each: the interval covers the test set only
-        d = pd.read_csv(stem).iloc[0]
-        note += (
+    stem = results / "08_point_clouds" / "stem.csv"
+    for _, d in pd.read_csv(stem).iterrows() if stem.is_file() else ():
+        note += (  # one seed of each: the interval covers the test set only
             f" {d['a']} minus {d['b']}, seed 0 of each on one machine at the same budget: "
             f"{d['mean']:+.2f} points of OA [{d['low']:+.2f}, {d['high']:+.2f}] (95% interval "
             "over the test shapes only)."
