@@ -41,6 +41,8 @@
 # %% tags=["parameters"]
 models = "pointmlp_elite,pointmlp_elite_coc,coc_points"
 pointmlp_seeds = 2  # seeds of each PointMLP-elite model; at least 2 for a spread
+pointmlp_extra_seeds = 1  # further seeds of each, read where committed (not in the profile's time)
+train_extra_seeds = False  # train those when missing (22 min each); False: committed only
 coc_points_seeds = 2
 budget_minutes = 28.0  # wall-clock minutes of training and evaluation per run
 batch_size = 32
@@ -183,9 +185,18 @@ def config_of(name: str, seed: int, folder: str = "", sgd: bool = False) -> Trai
 
 rows, predictions, trained = [], {}, {}
 for name in names:
-    for seed in range(seeds_of(name)):
+    extra = pointmlp_extra_seeds if name.startswith("pointmlp") else 0
+    for seed in range(seeds_of(name) + extra):
         cfg = config_of(name, seed)
-        run = train_or_reuse(cfg, train_missing=train_missing)
+        if seed < seeds_of(name):
+            run = train_or_reuse(cfg, train_missing=train_missing)
+        else:  # a further seed: committed, outside the default profile's time
+            try:
+                run = train_or_reuse(cfg, train_missing=train_missing and train_extra_seeds,
+                                     need_model=False)  # fmt: skip
+            except MissingRun as e:
+                print(f"not included: {e}")
+                break
         assert run["complete"], f"{name} seed {seed} did not finish its plan"
         trained[name, seed] = run["model"]
         with np.load(out / name / f"seed{seed}" / "predictions.npz") as f:
@@ -235,12 +246,18 @@ display(context)
 # test shape (`cocs.stats.paired_difference`: a bootstrap over test shapes combined with the
 # spread over seeds, as in chapter 6). The budgets are equal, not the epochs: the block's
 # extra work buys it fewer epochs in the same minutes, and the verdict is about the budget.
+# A further seed of each model (`pointmlp_extra_seeds`, committed, outside the default
+# profile's time) is read where present: the seeds' spread then has two degrees of freedom
+# instead of one, and the interval's t factor falls from up to 12.7 to up to 4.3. Each seed's two runs trained on one machine (checked below), so each
+# seed's difference compares equal budgets even where seeds trained on different machines.
 # The target of this chapter's default run, 88% overall accuracy for the best model within
 # its budget, is checked below from the table.
 
 # %%
 pair = ("pointmlp_elite_coc", "pointmlp_elite")
 shared = sorted({s for m, s in predictions if m == pair[0]} & {s for m, s in predictions if m == pair[1]})
+for s in shared:  # each seed's pair on one machine: equal minutes, equal work
+    assert budget_caveat([r for r in rows if r["model"] in pair and r["seed"] == s]) is None, s
 if len(shared) >= 2:
     right = {m: np.stack([predictions[m, s][0] == predictions[m, s][1] for s in shared]) for m in pair}
     d = paired_difference(right[pair[0]], right[pair[1]])
@@ -364,7 +381,7 @@ stem_table.round(2)
 # %%
 best = summary.sort_values("oa_mean", ascending=False).iloc[0]["model"]
 per = np.nanmean(
-    [class_accuracies(*predictions[best, s], len(test.classes)) for s in range(seeds_of(best))],
+    [class_accuracies(*p, len(test.classes)) for (m, _), p in predictions.items() if m == best],
     axis=0,
 )
 per_class = pd.DataFrame({"class": test.classes, "accuracy": per,
