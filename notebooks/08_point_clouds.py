@@ -183,6 +183,16 @@ def config_of(name: str, seed: int, folder: str = "", sgd: bool = False) -> Trai
     )  # fmt: skip
 
 
+def committed_run(cfg: TrainConfig, train: bool) -> dict | None:
+    """A run outside the default profile's time: reused when committed, trained when missing
+    only with ``train``; None (saying why) when neither."""
+    try:
+        return train_or_reuse(cfg, train_missing=train_missing and train, need_model=False)
+    except MissingRun as e:
+        print(f"not included: {e}")
+        return None
+
+
 rows, predictions, trained = [], {}, {}
 for name in names:
     extra = pointmlp_extra_seeds if name.startswith("pointmlp") else 0
@@ -190,13 +200,8 @@ for name in names:
         cfg = config_of(name, seed)
         if seed < seeds_of(name):
             run = train_or_reuse(cfg, train_missing=train_missing)
-        else:  # a further seed: committed, outside the default profile's time
-            try:
-                run = train_or_reuse(cfg, train_missing=train_missing and train_extra_seeds,
-                                     need_model=False)  # fmt: skip
-            except MissingRun as e:
-                print(f"not included: {e}")
-                break
+        elif (run := committed_run(cfg, train_extra_seeds)) is None:  # a further seed
+            break
         assert run["complete"], f"{name} seed {seed} did not finish its plan"
         trained[name, seed] = run["model"]
         with np.load(out / name / f"seed{seed}" / "predictions.npz") as f:
@@ -287,11 +292,7 @@ print(f"target {TARGET:.0f}% OA for the best model within its budget: "
 sgd_runs = {}
 for seed in range(sgd_comparison_seeds):
     cfg = config_of("coc_points", seed, folder="coc_points_sgd", sgd=True)
-    try:
-        run = train_or_reuse(cfg, train_missing=train_missing and train_sgd_comparison,
-                             need_model=False)  # fmt: skip
-    except MissingRun as e:
-        print(f"not compared: {e}")
+    if (run := committed_run(cfg, train_sgd_comparison)) is None:
         break
     with np.load(Path(cfg.out_dir) / "predictions.npz") as f:
         sgd_runs[seed] = (f["label"] == f["pred"], run["epochs_done"])
