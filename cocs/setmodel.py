@@ -199,8 +199,9 @@ def coc_points(pretrained: bool = False, **kwargs) -> CocPoints:
     """Context Cluster on point sets: coc_cifar's stages (2, 2, 2, 2 blocks of 32-256 channels,
     heads of 32 channels, 4 centres per region), with set point reducers and neighbourhoods of
     the set as regions; 1,024 points in, 40 classes out. The stem keeps one point in eight
-    (128 of 1,024; 8 points to each of the first stage's 16 regions), as the ImageNet variants'
-    4x4 stem keeps one pixel in sixteen: chapter 8 measures what this buys against one in four."""
+    (128 of 1,024; 16 points in each of the first stage's 16 overlapping regions), as the
+    ImageNet variants' 4x4 stem keeps one pixel in sixteen: chapter 8 measures what this buys
+    against one in four."""
     from .weights import load_shipped
 
     model = CocPoints(**kwargs)
