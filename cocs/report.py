@@ -284,8 +284,12 @@ def _points(results: Path) -> str | None:
     )
     if "opt" in df:
         shown.insert(1, "optimizer", df["opt"])
+    if "compiled" in runs and runs["compiled"].any():  # the others trained eager
+        compiled = sorted(runs.loc[runs["compiled"].astype(bool), "model"].unique())
+        note += f" Training steps compiled (torch.compile) for {', '.join(compiled)}."
     files = [
-        results / "08_point_clouds" / f"{n}.csv" for n in ("difference", "optimizer_difference")
+        results / "08_point_clouds" / f"{n}.csv"
+        for n in ("difference", "compile_difference", "optimizer_difference")
     ]
     for d in [pd.read_csv(f).iloc[0] for f in files if f.is_file()]:
         note += (

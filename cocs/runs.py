@@ -129,6 +129,17 @@ def _check(
         changed = [f"{k}: {recorded[k]!r} -> {v!r}" for k, v in recipe(cfg).items()
                    if k in recorded and k not in ignore and recorded[k] != v]  # fmt: skip
         return f"its recipe differs ({', '.join(changed) or 'settings added since'})", meta, None
+    # compiling changes how a step is computed, not what it computes; under a time budget it
+    # also changes how many epochs fit, so there it must match too
+    was = bool(meta.get("config", {}).get("torch_compile", False))
+    if cfg.epochs == 0 and "torch_compile" not in ignore and was != cfg.torch_compile:
+        how = {True: "compiled", False: "eager"}
+        return (
+            f"it trained {how[was]} under a time budget, this run is {how[cfg.torch_compile]} "
+            "(compiling changes how many epochs the budget buys)",
+            meta,
+            None,
+        )
     model = create_model(cfg, len(meta["classes"]))
     today = model_fingerprint(model)
     if meta.get("fingerprint") != today:

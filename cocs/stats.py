@@ -32,6 +32,7 @@ from .evaluate import class_iou
 
 __all__ = [
     "PairedDifference",
+    "accuracy_interval",
     "class_accuracies",
     "miou_interval",
     "paired_difference",
@@ -95,6 +96,17 @@ def paired_difference(
     per_image = 100.0 * (a - b).mean(0)  # (N,): the seed-averaged difference on each image
     means = _bootstrap(lambda idx: per_image[idx].mean(1), N, boot, seed)
     return _interval(per_seed, means, images=N, level=level, power=power)
+
+
+def accuracy_interval(correct: np.ndarray, **kwargs) -> PairedDifference:
+    """One model's accuracy in points, averaged over seeds, with the interval of
+    :func:`paired_difference` (the seeds' spread and the test set's): its difference from a
+    model that is never right. ``correct``: (S, N) booleans, one row per seed; ``kwargs`` as
+    :func:`paired_difference`'s. ``detectable`` has no meaning here."""
+    a = np.asarray(correct, dtype=bool)
+    if a.ndim != 2:
+        raise ValueError(f"correct {a.shape} must be (seeds, images), one row per seed")
+    return paired_difference(a, np.zeros_like(a), **kwargs)
 
 
 def paired_miou_difference(

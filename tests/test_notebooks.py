@@ -381,6 +381,7 @@ def _(out: Path):
     sgd = json.loads((out / "coc_points_sgd" / "seed0" / "metrics.json").read_text())
     coc = json.loads((out / "coc_points" / "seed0" / "metrics.json").read_text())
     assert (sgd["config"]["opt"], coc["config"]["opt"]) == ("sgd", "adamw")
+    assert not sgd["config"]["torch_compile"], "the SGD comparison trains eager"
     assert sgd["fingerprint"] == coc["fingerprint"]
     for name in ("shapes", "grouping", "cluster_maps"):
         png_image(out / f"{name}.png")

@@ -92,6 +92,26 @@ def test_train_or_reuse_trains_nothing_it_has(trained, monkeypatch):
     )
 
 
+def test_compiling_matters_only_under_a_time_budget(trained, tmp_path):
+    cfg, _ = trained
+    compiled = T.TrainConfig.from_dict(vars(cfg) | {"torch_compile": True})
+    assert R.mismatch(compiled) is None, "a fixed number of epochs: compiling is how, not what"
+    copy = tmp_path / "results" / "budgeted"
+    shutil.copytree(cfg.out_dir, copy)
+    meta = json.loads((copy / "metrics.json").read_text())
+    meta["config"] |= {"epochs": 0, "budget_minutes": 1.0}  # as a budgeted run records itself
+    meta["recipe"] |= {"epochs": 0, "budget_minutes": 1.0}
+    (copy / "metrics.json").write_text(json.dumps(meta))
+    eager = T.TrainConfig.from_dict(vars(cfg) | {"out_dir": str(copy), "epochs": 0,
+                                                 "budget_minutes": 1.0})  # fmt: skip
+    assert R.mismatch(eager) is None
+    budgeted = T.TrainConfig.from_dict(vars(eager) | {"torch_compile": True})
+    assert R.mismatch(budgeted).startswith(
+        "it trained eager under a time budget, this run is compiled"
+    )
+    assert R.mismatch(budgeted, ignore={"torch_compile"}) is None
+
+
 def test_ignored_recipe_keys_and_records_without_a_recipe(trained, tmp_path):
     cfg, _ = trained
     copy = tmp_path / "results" / "older"

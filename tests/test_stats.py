@@ -6,7 +6,12 @@ import torch
 from scipy import stats as st
 
 from cocs.evaluate import mean_iou
-from cocs.stats import miou_interval, paired_difference, paired_miou_difference
+from cocs.stats import (
+    accuracy_interval,
+    miou_interval,
+    paired_difference,
+    paired_miou_difference,
+)
 
 
 def _pair(n: int, p10: float, p01: float, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -30,6 +35,20 @@ def test_the_test_set_part_is_the_paired_binomial_error():
     assert d.mean == pytest.approx(100 * (p10 - p01))
     assert d.low == pytest.approx(d.mean - 1.959964 * d.se_test)
     assert d.detectable == pytest.approx((1.959964 + 0.841621) * d.se_test)
+
+
+def test_one_models_accuracy_interval_is_the_binomial_one_and_widens_with_seeds():
+    rng = np.random.default_rng(1)
+    right = rng.random(20_000) < 0.88
+    same = accuracy_interval(np.stack([right, right]))  # two seeds with identical outcomes
+    half = 100 * 1.959964 * np.sqrt(right.mean() * (1 - right.mean()) / right.size)
+    assert same.mean == pytest.approx(100 * right.mean())
+    assert same.high - same.mean == pytest.approx(half, rel=0.08) and same.se_seed == 0
+    other = right ^ (rng.random(20_000) < 0.02)  # a second seed that differs
+    spread = accuracy_interval(np.stack([right, other]))
+    assert spread.se_seed > 0 and spread.high - spread.low > same.high - same.low
+    with pytest.raises(ValueError, match=r"correct \(20000,\) must be \(seeds, images\)"):
+        accuracy_interval(right)
 
 
 def test_the_seed_part_widens_the_interval_with_few_degrees_of_freedom():
