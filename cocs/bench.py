@@ -347,7 +347,8 @@ def compare(
     the weights), and reports its speed-up, the seconds its first step took to compile, and how
     far that step's gradients are from eager ``cocs``'s on the same weights and batch
     (``compiled_grad_diff``, the largest absolute difference: compiling may reorder floating-point
-    operations, so it is rounding-sized, not zero).
+    operations, so it is rounding-sized, not zero). Dropout is off in every contender, since
+    compiled and eager code draw its masks differently; everything else trains as in training.
 
     ``bf16=True`` adds ``cocs`` under bfloat16 autocast (its own copy of the weights) and reports
     ``bf16_ratio``, its speed relative to eager float32 ``cocs`` (above 1: faster), and whether
@@ -360,6 +361,12 @@ def compare(
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     fast = timm.create_model(name, **kwargs).to(device).train()
     slow = paper_model(fast)
+    # dropout off in every contender (PointMLP's classifier has it): compiled code draws its
+    # masks from another random stream, so with it on the compiled gradients could not be
+    # compared with eager ones; batch norm stays in training mode
+    for m in (*fast.modules(), *slow.modules()):
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            m.eval()
     n_cls = fast.num_classes
     points = hasattr(fast, "stages") and not hasattr(fast, "network")  # a point-cloud model
     shape = (batch, img_size, 3) if points else (batch, 3, img_size, img_size)  # img_size: N

@@ -85,6 +85,13 @@ def test_compiled_contender_is_timed_on_its_own_copy(monkeypatch):
     assert "compiled_speedup" not in plain
 
 
+def test_dropout_is_off_so_that_compiled_gradients_compare(monkeypatch):
+    """PointMLP's classifier has dropout: with it on, two calls draw different masks."""
+    monkeypatch.setattr(torch, "compile", lambda m: m)  # a stand-in that computes what eager does
+    row = compare("pointmlp_elite", img_size=1024, batch=2, steps=1, warmup=0, compiled=True)
+    assert row["compiled_grad_diff"] < 1e-5
+
+
 def test_bf16_contender_runs_under_autocast_on_its_own_copy(monkeypatch):
     from cocs.train import cpu_has_native_bf16
 
