@@ -353,7 +353,9 @@ def compare(
     ``bf16=True`` adds ``cocs`` under bfloat16 autocast (its own copy of the weights) and reports
     ``bf16_ratio``, its speed relative to eager float32 ``cocs`` (above 1: faster), and whether
     the processor executes bfloat16 natively (``native_bf16``; where it does not, autocast is
-    emulated in software).
+    emulated in software). It also times the paper's formulation under the same autocast (its
+    own copy too), so that ``bf16_speedup`` compares the two formulations at one precision, as
+    ``speedup`` does in float32.
     """
     if device == "cpu":  # both formulations, as the training engine runs them
         keep_freed_memory()
@@ -391,16 +393,19 @@ def compare(
             (a.grad - b.grad).abs().max().item()
             for a, b in zip(fast.parameters(), eager.parameters(), strict=True)
         )
-    if bf16:
+    if bf16:  # the paper's formulation and cocs, each on its own copy, under autocast
+        models["paper_bf16"] = paper_model(fast)  # a copy of its own
         models["bf16"] = copy.deepcopy(fast)
-        opts["bf16"] = torch.optim.AdamW(models["bf16"].parameters(), lr=1e-4)
+        for k in ("paper_bf16", "bf16"):
+            opts[k] = torch.optim.AdamW(models[k].parameters(), lr=1e-4)
     times: dict[str, list[float]] = {k: [] for k in models}
     for i in range(warmup + steps):
         for k in models:
             if device != "cpu":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=k == "bf16"):
+            amp = k in ("paper_bf16", "bf16")
+            with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=amp):
                 _step(models[k], opts[k], x, y)
             if device != "cpu":
                 torch.cuda.synchronize()
@@ -423,6 +428,8 @@ def compare(
         extra |= {
             "bf16_step_s": round(med["bf16"], 4),
             "bf16_ratio": round(med["cocs"] / med["bf16"], 3),
+            "paper_bf16_step_s": round(med["paper_bf16"], 4),
+            "bf16_speedup": round(med["paper_bf16"] / med["bf16"], 3),
             "native_bf16": native,
         }
     return {

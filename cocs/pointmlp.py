@@ -58,8 +58,11 @@ class ResBlock(nn.Module):
         self.net1 = LinearBN(dim, hidden)
         self.net2 = LinearBN(hidden, dim, act=False)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.relu(self.net2(self.net1(x)) + x)
+    def forward(self, x: Tensor, act: bool = True) -> Tensor:
+        """``act=False`` leaves the last ReLU to the caller (a max over neighbours commutes
+        with it)."""
+        y = self.net2(self.net1(x)) + x
+        return torch.relu(y) if act else y
 
 
 class PointCluster(nn.Module):
@@ -203,11 +206,14 @@ class Stage(nn.Module):
         y = self._transfer(x, idx, near, std)  # (B, S, k, out)
         B, S = idx.shape
         y = y.flatten(0, 1)  # (B * S, k, out): one group per row
-        for block in self.pre:
+        *blocks, last = self.pre  # the last is a ResBlock: its ReLU waits for the max
+        for block in blocks:
             y = block(y)
-        # max over the k neighbours; the gradient goes to the first maximum, as the
-        # release's max pooling sends it (amax would split it among ties, at several passes)
-        y = y.max(dim=1).values.view(B, S, -1)  # (B, S, out)
+        y = last(y, act=False)
+        # max over the k neighbours, then the ReLU (they commute: one pass over S values
+        # instead of S * k); the gradient goes to the first maximum, as the release's max
+        # pooling sends it (amax would split it among ties, at several passes)
+        y = torch.relu(y.max(dim=1).values).view(B, S, -1)  # (B, S, out)
         return gather(xyz, idx), self.pos(y)
 
 

@@ -15,11 +15,14 @@ __all__ = ["SetReducer", "farthest_point_sample", "gather", "knn"]
 
 
 def gather(x: Tensor, idx: Tensor) -> Tensor:
-    """Rows of ``x`` (B, N, C) at ``idx`` (B, ...) of indices into N: (B, ..., C)."""
-    B, _, C = x.shape
-    flat = idx.reshape(B, -1)  # (B, K)
-    out = x.gather(1, flat.unsqueeze(-1).expand(-1, -1, C))  # (B, K, C)
-    return out.view(*idx.shape, C)
+    """Rows of ``x`` (B, N, C) at ``idx`` (B, ...) of indices into N: (B, ..., C).
+
+    One ``index_select`` of whole rows of the flattened (B * N, C) features: an index per
+    row, where ``torch.gather`` reads one per element (its backward, ``index_add``, likewise).
+    """
+    B, N, C = x.shape
+    rows = idx.reshape(B, -1) + torch.arange(B, device=idx.device).unsqueeze(1) * N  # (B, K)
+    return x.reshape(B * N, C).index_select(0, rows.view(-1)).view(*idx.shape, C)
 
 
 def farthest_point_sample(

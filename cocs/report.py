@@ -456,6 +456,12 @@ def _bench(results: Path) -> str | None:
             "(below 1: slower), and whether the processor executes bfloat16 natively (where it "
             "does not, autocast is emulated)."
         )
+        if "bf16_speedup" in df:  # rows measured since the paper's side is also timed so
+            shown["speed-up, both bfloat16"] = _blank_if_missing(df["bf16_speedup"].round(2))
+            note += (
+                " Speed-up, both bfloat16: `cocs` against the paper's formulation with both "
+                "under autocast (blank: timed before that contender existed)."
+            )
     if "busy_percent" in df:
         shown["other load %"] = _blank_if_missing(df["busy_percent"].round(0))
         note += " Other load: the share of the CPUs other processes used while a case was timed."

@@ -108,9 +108,12 @@ def test_bf16_contender_runs_under_autocast_on_its_own_copy(monkeypatch):
     monkeypatch.setattr(bench, "_step", step)
     row = compare("coc_micro", img_size=32, batch=2, steps=1, warmup=0, bf16=True)
     assert row["bf16_step_s"] > 0 and row["bf16_ratio"] > 0
+    assert row["paper_bf16_step_s"] > 0 and row["bf16_speedup"] > 0
     assert row["native_bf16"] == cpu_has_native_bf16()
-    # one timed step each (paper, cocs, bf16), then the memory measurement's (paper, cocs)
-    assert dtypes == [torch.float32, torch.float32, torch.bfloat16, torch.float32, torch.float32]
+    # one timed step each (paper, cocs, paper in bf16, cocs in bf16), then the memory
+    # measurement's (paper, cocs)
+    f32, bf16 = torch.float32, torch.bfloat16
+    assert dtypes == [f32, f32, bf16, bf16, f32, f32]
 
 
 def test_compiled_gradients_are_checked_against_eager(monkeypatch):

@@ -82,9 +82,18 @@ def test_knn_and_gather_match_the_loop():
         for m in range(7):
             d = [float(((xyz[b, j] - query[b, m]) ** 2).sum()) for j in range(30)]
             assert idx[b, m].tolist() == sorted(range(30), key=d.__getitem__)[:5]
-    feats = torch.randn(2, 30, 4)
+    feats = torch.randn(2, 30, 4, requires_grad=True)
     got = gather(feats, idx)  # (2, 7, 5, 4)
-    assert got.shape == (2, 7, 5, 4) and torch.equal(got[1, 3, 2], feats[1, idx[1, 3, 2]])
+    assert got.shape == (2, 7, 5, 4)
+    weight = torch.randn_like(got)
+    (got * weight).sum().backward()
+    grad = torch.zeros(2, 30, 4)
+    for b in range(2):
+        for m in range(7):
+            for j in range(5):
+                assert torch.equal(got[b, m, j], feats[b, idx[b, m, j]])
+                grad[b, idx[b, m, j]] += weight[b, m, j]  # a point in several groups adds up
+    torch.testing.assert_close(feats.grad, grad)
     with pytest.raises(ValueError, match="k=31"):
         knn(query, xyz, 31)
 

@@ -76,6 +76,21 @@ def test_bf16_and_load_columns_and_busy_files(tmp_path):
     assert x[-3:] == ["0.11", "no", "3"] and y[-3:] == ["", "", "3"]
 
 
+def test_the_same_precision_speedup_shows_where_measured(tmp_path):
+    (tmp_path / "bench").mkdir()
+    row = {"img_size": 32, "batch": 8, "speedup": 1.5, "memory_ratio": 0.4, "bf16_ratio": 1.2,
+           "native_bf16": True}  # fmt: skip
+    pd.DataFrame(
+        [{"model": "coc_x", **row, "bf16_speedup": 4.567}, {"model": "coc_y", **row}]
+    ).to_csv(tmp_path / "bench" / "some-cpu.csv", index=False)
+    text = report.render(tmp_path)
+    x, y = (
+        [c.strip() for c in next(s for s in text.splitlines() if f"| {m}" in s).split("|")[1:-1]]
+        for m in ("coc_x", "coc_y")
+    )
+    assert x[-1] == "4.57" and y[-1] == "" and "both bfloat16" in text
+
+
 def test_cifar_table_shows_the_same_budget_on_other_machines(tmp_path):
     (tmp_path / "04_cifar10").mkdir()
     run = {"test_acc_final": 70.1, "params": 2.5e6, "macs_m": 33.5, "epochs": 8, "threads": 2,
