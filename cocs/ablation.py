@@ -12,11 +12,14 @@ intervals (:mod:`cocs.stats`), and :func:`findings` reads the paper's claims off
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
+import queue
 import tempfile
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +41,14 @@ __all__ = [
     "finished_run",
     "findings",
     "paper_evidence",
+    "parallel_gain",
     "relative_costs",
     "run_config",
     "schedule",
     "similarity_diagnosis",
     "summarise",
     "test_images",
+    "train_runs",
 ]
 
 
@@ -247,7 +252,12 @@ def _row(key: str, seed: int, meta: Mapping, reused: bool) -> dict:
 
 
 def run_study(
-    plan: Sequence[tuple[str, int]], params: Mapping, out: str | os.PathLike, *, train_missing=True
+    plan: Sequence[tuple[str, int]],
+    params: Mapping,
+    out: str | os.PathLike,
+    *,
+    train_missing=True,
+    parallel: int = 1,
 ) -> tuple[pd.DataFrame, dict[tuple[str, int], np.ndarray]]:
     """Train (or reuse) every run of ``plan``; one row per run and each run's correctness.
 
@@ -256,32 +266,25 @@ def run_study(
     With ``train_missing=False`` runs without matching results are skipped (and listed).
     A run whose loss stops being finite (:class:`cocs.train.TrainingDiverged`) is recorded by
     the engine and gets the status "failed to train" and no accuracy; the study goes on.
+    ``parallel`` > 1 trains that many runs at once, each in a process of its own with an equal
+    share of this process's threads (:func:`train_runs`), in the order of ``plan``.
     Returns the runs and, per (key, seed) of every run that trained, the (N,) booleans of
     correct test predictions.
     """
-    from .train import TrainingDiverged, train
-
-    rows, correct, skipped = [], {}, []
+    configs = {(key, seed): run_config(key, seed, params, out) for key, seed in plan}
+    found = {ks: finished_run(cfg) for ks, cfg in configs.items()}
+    missing = [ks for ks in plan if found[ks] is None]
+    skipped = [] if train_missing else missing
+    if train_missing:
+        train_runs([configs[ks] for ks in missing], parallel=parallel)
+    rows, correct = [], {}
     for i, (key, seed) in enumerate(plan):
-        cfg = run_config(key, seed, params, out)
-        meta = finished_run(cfg)
-        reused = meta is not None
+        if (key, seed) in skipped:
+            continue
+        reused = found[key, seed] is not None
+        meta = found[key, seed] if reused else finished_run(configs[key, seed])
         if meta is None:
-            if not train_missing:
-                skipped.append((key, seed))
-                continue
-            try:
-                result = train(cfg)
-            except TrainingDiverged as e:
-                print(f"{key} seed {seed} failed to train: {e}", flush=True)
-                result = {"complete": True}  # its record is read below
-            if not result["complete"]:
-                raise RuntimeError(
-                    f"{key} seed {seed} stopped after {result['epochs_done']} epochs"
-                )
-            meta = finished_run(cfg)
-            if meta is None:
-                raise RuntimeError(f"{key} seed {seed}: its files do not match the model built")
+            raise RuntimeError(f"{key} seed {seed}: its files do not match the model built")
         rows.append(_row(key, seed, meta, reused))
         if "pred" in meta:
             correct[key, seed] = meta["label"] == meta["pred"]
@@ -295,6 +298,126 @@ def run_study(
     if skipped:
         print(f"not trained (train_missing=False): {skipped}")
     return pd.DataFrame(rows), correct
+
+
+def _train_one(cfg) -> None:
+    """Train one run to its end; its files record the outcome, a failure to train included."""
+    from .train import TrainingDiverged, train
+
+    name = f"{Path(cfg.out_dir).parent.name} seed {cfg.seed}"
+    try:
+        result = train(cfg)
+    except TrainingDiverged as e:
+        print(f"{name} failed to train: {e}", flush=True)
+        return
+    if not result["complete"]:
+        raise RuntimeError(f"{name} stopped after {result['epochs_done']} epochs")
+
+
+def _train_in_worker(cfg, threads: int) -> str:
+    torch.set_num_threads(threads)
+    _train_one(replace(cfg, num_threads=threads))
+    return f"{Path(cfg.out_dir).parent.name} seed {cfg.seed}"
+
+
+def train_runs(configs: Sequence, *, parallel: int = 1) -> None:
+    """Train every run of ``configs`` (:class:`cocs.train.TrainConfig`), ``parallel`` at a time.
+
+    With ``parallel`` > 1 each run trains in a process of its own (started fresh, ``spawn``)
+    with ``torch.get_num_threads() // parallel`` threads, in the order given. On a CPU whose
+    cores one training step cannot keep busy (on 2 cores, coc_cifar's small tensors leave a
+    second thread idle part of the time), two runs of one thread each finish more runs per
+    hour than one run of two threads; chapter 6 measures by how much
+    (:func:`parallel_gain`). What each run computes does not depend on it. The first error of
+    a worker stops the study: runs not yet started are cancelled, and the error is raised.
+    """
+    if parallel <= 1 or len(configs) <= 1:
+        for cfg in configs:
+            _train_one(cfg)
+        return
+    threads = max(1, torch.get_num_threads() // parallel)
+    print(f"training {len(configs)} runs, {parallel} at a time in processes of {threads} "
+          f"thread(s) each", flush=True)  # fmt: skip
+    pool = ProcessPoolExecutor(
+        max_workers=parallel, mp_context=multiprocessing.get_context("spawn")
+    )
+    try:
+        futures = [pool.submit(_train_in_worker, cfg, threads) for cfg in configs]
+        for done in as_completed(futures):
+            print(f"finished: {done.result()}", flush=True)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+def _time_steps(threads: int, steps: int, amp: bool, barrier=None) -> float:
+    """Median seconds of a training step of the full model with ``threads`` threads."""
+    import timm
+
+    from .allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the training engine does on a CPU
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = timm.create_model("coc_cifar")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))
+    times = []
+    for i in range(steps + 2):  # two warm-up steps
+        if i == 2 and barrier is not None:
+            barrier.wait()  # the timed steps of every worker overlap
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            torch.nn.functional.cross_entropy(model(x).float(), y).backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times[2:]))
+
+
+def _time_in_worker(threads: int, steps: int, amp: bool, barrier, results) -> None:
+    results.put(_time_steps(threads, steps, amp, barrier))
+
+
+def parallel_gain(parallel: int, *, steps: int = 10, amp: bool = True) -> dict:
+    """How many more training steps per hour ``parallel`` processes give than one.
+
+    Times the full model's training step (eager, batch 128) first in this process with all of
+    its threads, then in ``parallel`` processes at once with an equal share of them each,
+    whose timed steps start together. ``gain`` = parallel x (one process's step) / (a step of
+    the processes side by side): above 1, :func:`train_runs` with ``parallel`` finishes the
+    study sooner by that factor.
+    """
+    threads = torch.get_num_threads()
+    alone = _time_steps(threads, steps, amp)
+    share = max(1, threads // parallel)
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(parallel), ctx.Queue()
+    workers = [ctx.Process(target=_time_in_worker, args=(share, steps, amp, barrier, results))
+               for _ in range(parallel)]  # fmt: skip
+    for w in workers:
+        w.start()
+    side_by_side = []
+    while len(side_by_side) < parallel:
+        try:
+            side_by_side.append(results.get(timeout=2))
+        except queue.Empty:
+            dead = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+            if dead:  # it cannot report: stop the others rather than wait for them
+                for w in workers:
+                    w.terminate()
+                raise RuntimeError(
+                    f"a timing process exited with code {dead[0]}; run the timing from a "
+                    "notebook or a script whose top level is guarded by "
+                    "`if __name__ == '__main__':` (the processes are started with spawn)"
+                ) from None
+    for w in workers:
+        w.join()
+    torch.set_num_threads(threads)
+    step = float(np.median(side_by_side))
+    return {"parallel": parallel, "threads_each": share, "step_s_alone": alone,
+            "step_s_side_by_side": step, "gain": parallel * alone / step}  # fmt: skip
 
 
 def relative_costs(

@@ -70,6 +70,7 @@ max_per_class = 0  # training images per class; 0: all 5000
 max_test_per_class = 0  # test images per class; 0: all 1000
 num_threads = 0  # torch CPU threads; 0: all cores
 num_workers = 0  # data-loading processes; 0: in the training process (a 2-core CPU), 8 beside a GPU
+parallel_runs = 2  # runs trained at once on a CPU, each in a process with its share of threads
 train_missing = True  # False: tabulate only the finished runs, train nothing
 cost_repeats = 5  # timing rounds of the relative-cost measurement; 0: the committed costs.csv
 trace_steps = 400  # steps replayed to watch the raw similarity; 0: the committed trace.csv
@@ -77,6 +78,7 @@ results_dir = "results"
 
 # %%
 import json
+import math
 import time
 from pathlib import Path
 
@@ -94,6 +96,7 @@ from cocs.ablation import (
     divergence_trace,
     findings,
     finished_run,
+    parallel_gain,
     relative_costs,
     run_config,
     run_study,
@@ -182,6 +185,18 @@ if max_per_class == 0:  # the whole training set: the default run
 # full model's measured epoch time (the fastest epoch of finished full-model runs of this
 # study, which is the machine's speed when nothing else runs; else chapter 4's `coc_cifar` on
 # this machine) by these ratios; runs that are already finished cost nothing.
+#
+# On a CPU the study trains `parallel_runs` runs at once, each in a process of its own with
+# an equal share of the threads (`cocs.ablation.train_runs`). A training step of `coc_cifar`
+# works on small tensors, and on two cores the second thread of one process idles part of
+# the time; two processes of one thread each keep both cores busy. What a run computes does
+# not change (tests/test_ablation.py checks that its files are those one process of one
+# thread writes), only how many runs finish per hour, which `cocs.ablation.parallel_gain`
+# measures here: the full model's step alone with all threads, then in `parallel_runs`
+# processes side by side. The chapter trains in parallel only where that gain is above 1, and
+# then also estimates the study from this machine's own measured steps: the runs' steps
+# (training images / batch size per epoch) at the side-by-side step time, scaled by each
+# variant's cost ratio, divided among the processes.
 
 # %%
 if cost_repeats:
@@ -227,10 +242,28 @@ if reference is None:
     print("no measured epoch time to estimate from: the first run will tell")
 else:
     print(
-        f"{len(plan) - len(done)} of {len(plan)} runs to train, about "
+        f"{len(plan) - len(done)} of {len(plan)} runs to train, one at a time about "
         f"{estimate['minutes'].sum() / 60:.1f} h ({epochs} epochs each; one full-model epoch "
         f"{reference:.2f} min, from {source})"
     )
+parallel = 1 if torch.cuda.is_available() else max(1, parallel_runs)
+if parallel > 1 and cost_repeats:
+    gain = parallel_gain(parallel, steps=2 * cost_repeats, amp=amp == "bf16")
+    print(f"{parallel} processes of {gain['threads_each']} thread(s) side by side: a step "
+          f"{gain['step_s_side_by_side']:.3f} s each against {gain['step_s_alone']:.3f} s for one "
+          f"process alone, {gain['gain']:.2f}x the runs per hour")  # fmt: skip
+    if gain["gain"] <= 1:
+        print("no gain here: the runs train one at a time")
+        parallel = 1
+    else:
+        steps = math.ceil(10 * (max_per_class or 5000) / batch_size) * epochs
+        hours = {k: steps * gain["step_s_side_by_side"] * ratio[k] / 3600 / parallel
+                 for k in keys}  # one run of each variant, its share of the processes' time
+        whole = sum(hours[k] for k, _ in plan)
+        left = sum(hours[k] for k, s in plan if (k, s) not in done)
+        print(f"from this machine's steps, {parallel} runs at a time: the whole plan about "
+              f"{whole:.1f} h of training steps, the runs left {left:.1f} h (evaluation not "
+              "counted)")  # fmt: skip
 if amp == "bf16" and not cpu_has_native_bf16() and len(done) < len(plan):
     print(f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bfloat16: "
           "bf16 autocast is emulated, and every epoch here will take several times the "
@@ -247,9 +280,12 @@ estimate.groupby("key", sort=False)["minutes"].sum().round(1)
 # many complete comparisons as it can. A run whose training loss stops being finite is not
 # retried with another recipe: the engine records the epoch in its `metrics.json`, and the
 # study reports it as the paper does, "failed to train" (its seed then joins no interval).
+# With runs side by side (above), each run's minutes are its own wall time while it shared
+# the machine, so their sum counts the time of the runs, not of the study; each run's
+# `threads` column says how it trained, and the chapter's own wall time is kept beside them.
 
 # %%
-runs, correct = run_study(plan, globals(), out, train_missing=train_missing)
+runs, correct = run_study(plan, globals(), out, train_missing=train_missing, parallel=parallel)
 write_csv(runs, out / "runs.csv")
 paper = numbers()
 paper_top1 = {row["key"]: row["top1"] for row in paper["ablations"]}

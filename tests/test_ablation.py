@@ -261,3 +261,36 @@ def test_the_committed_trace_shows_the_raw_similarity_diverging_where_the_full_m
     assert not np.isfinite(raw[raw["step"] == last]["loss"]).any()
     assert np.isfinite(full["loss"]).all() and np.isfinite(raw[raw["step"] < last]["loss"]).all()
     assert raw[raw["step"] < last]["den_min"].min() < full["den_min"].min() / 10
+
+
+def test_runs_trained_side_by_side_compute_what_one_process_computes(tmp_path):
+    """Two runs in two worker processes of one thread each: every file as one process of one
+    thread writes it, the test predictions included."""
+    from cocs.ablation import run_study
+
+    params = {"epochs": 1, "max_per_class": 2, "max_test_per_class": 1, "batch_size": 8,
+              "torch_compile": False, "amp": "off", "warmup_epochs": 0}  # fmt: skip
+    plan = [("full", 0), ("no_cluster", 0)]
+    threads = torch.get_num_threads()
+    try:
+        side, correct = run_study(plan, params, tmp_path / "side", parallel=2)
+        torch.set_num_threads(max(1, threads // 2))
+        alone, correct_alone = run_study(plan, params | {"num_threads": 0}, tmp_path / "alone")
+    finally:
+        torch.set_num_threads(threads)
+    assert not side["reused"].any() and list(side["key"]) == ["full", "no_cluster"]
+    assert (side["threads"] == max(1, threads // 2)).all(), "each worker its share of threads"
+    for ks in plan:
+        np.testing.assert_array_equal(correct[ks], correct_alone[ks])
+    assert list(side["train_loss"]) == list(alone["train_loss"])
+    again, _ = run_study(plan, params, tmp_path / "side", parallel=2)
+    assert again["reused"].all(), "finished runs are read, not trained again"
+
+
+def test_the_parallel_gain_is_measured_side_by_side():
+    from cocs.ablation import parallel_gain
+
+    g = parallel_gain(2, steps=1, amp=False)
+    assert g["threads_each"] == max(1, torch.get_num_threads() // 2)
+    assert g["step_s_alone"] > 0 and g["step_s_side_by_side"] > 0
+    assert g["gain"] == pytest.approx(2 * g["step_s_alone"] / g["step_s_side_by_side"])
