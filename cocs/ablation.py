@@ -18,7 +18,6 @@ import queue
 import tempfile
 import time
 from collections.abc import Collection, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -314,7 +313,8 @@ def _train_one(cfg) -> None:
         raise RuntimeError(f"{name} stopped after {result['epochs_done']} epochs")
 
 
-def _train_in_worker(cfg, threads: int) -> str:
+def _train_in_worker(job: tuple) -> str:
+    cfg, threads = job
     torch.set_num_threads(threads)
     _train_one(replace(cfg, num_threads=threads))
     return f"{Path(cfg.out_dir).parent.name} seed {cfg.seed}"
@@ -329,7 +329,8 @@ def train_runs(configs: Sequence, *, parallel: int = 1) -> None:
     second thread idle part of the time), two runs of one thread each finish more runs per
     hour than one run of two threads; chapter 6 measures by how much
     (:func:`parallel_gain`). What each run computes does not depend on it. The first error of
-    a worker stops the study: runs not yet started are cancelled, and the error is raised.
+    a worker, or an interrupt, stops every worker at once and is raised; an interrupted run
+    resumes from its last checkpoint when the study runs again.
     """
     if parallel <= 1 or len(configs) <= 1:
         for cfg in configs:
@@ -338,17 +339,16 @@ def train_runs(configs: Sequence, *, parallel: int = 1) -> None:
     threads = max(1, torch.get_num_threads() // parallel)
     print(f"training {len(configs)} runs, {parallel} at a time in processes of {threads} "
           f"thread(s) each", flush=True)  # fmt: skip
-    pool = ProcessPoolExecutor(
-        max_workers=parallel, mp_context=multiprocessing.get_context("spawn")
-    )
+    pool = multiprocessing.get_context("spawn").Pool(parallel)
     try:
-        futures = [pool.submit(_train_in_worker, cfg, threads) for cfg in configs]
-        for done in as_completed(futures):
-            print(f"finished: {done.result()}", flush=True)
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
+        jobs = [(cfg, threads) for cfg in configs]
+        for name in pool.imap_unordered(_train_in_worker, jobs, chunksize=1):
+            print(f"finished: {name}", flush=True)
+    except BaseException:  # an error or an interrupt: stop every run now (each resumes later
+        pool.terminate()  # from its last checkpoint) rather than train on unseen
         raise
-    pool.shutdown()
+    pool.close()
+    pool.join()
 
 
 def _time_steps(threads: int, steps: int, amp: bool, barrier=None) -> float:

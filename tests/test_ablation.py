@@ -294,3 +294,13 @@ def test_the_parallel_gain_is_measured_side_by_side():
     assert g["threads_each"] == max(1, torch.get_num_threads() // 2)
     assert g["step_s_alone"] > 0 and g["step_s_side_by_side"] > 0
     assert g["gain"] == pytest.approx(2 * g["step_s_alone"] / g["step_s_side_by_side"])
+
+
+def test_an_error_in_a_worker_stops_the_runs_and_is_raised(tmp_path):
+    from cocs.ablation import train_runs
+    from cocs.train import TrainConfig
+
+    bad = [TrainConfig(model="no_such_model", epochs=1, out_dir=str(tmp_path / f"r{i}"),
+                       progress=False) for i in range(2)]  # fmt: skip
+    with pytest.raises(Exception, match="no_such_model"):
+        train_runs(bad, parallel=2)
