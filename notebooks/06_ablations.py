@@ -247,6 +247,10 @@ else:
         f"{reference:.2f} min, from {source})"
     )
 parallel = 1 if torch.cuda.is_available() else max(1, parallel_runs)
+plan_estimate = {"hardware": hardware, "threads": threads, "runs": len(plan),
+                 "units": float(sum(ratio[k] for k, _ in plan)),  # full-model runs' worth
+                 "hours_one_at_a_time": None if reference is None else epochs * reference
+                 * float(sum(ratio[k] for k, _ in plan)) / 60}  # fmt: skip
 if parallel > 1 and cost_repeats:
     gain = parallel_gain(parallel, steps=2 * cost_repeats, amp=amp == "bf16")
     print(f"{parallel} processes of {gain['threads_each']} thread(s) side by side: a step "
@@ -261,6 +265,9 @@ if parallel > 1 and cost_repeats:
                  for k in keys}  # one run of each variant, its share of the processes' time
         whole = sum(hours[k] for k, _ in plan)
         left = sum(hours[k] for k, s in plan if (k, s) not in done)
+        plan_estimate |= {"parallel": parallel, "gain": gain["gain"],
+                          "step_s_side_by_side": gain["step_s_side_by_side"],
+                          "hours_here": whole}  # fmt: skip
         print(f"from this machine's steps, {parallel} runs at a time: the whole plan about "
               f"{whole:.1f} h of training steps, the runs left {left:.1f} h (evaluation not "
               "counted)")  # fmt: skip
@@ -448,6 +455,9 @@ study = {
     "training_hours": runs["minutes"].sum() / 60,
     "machines": [{"hardware": h, "threads": int(t), "autocast": a, "runs": int(n)}
                  for (h, t, a), n in machines.items()],
+    # the plan from scratch as this sitting estimated it (hours_here: from this machine's
+    # steps side by side, training steps only; hours_one_at_a_time: from the reference epoch)
+    "plan_estimate": plan_estimate,
 }
 atomic_write_text(out / "study.json", json.dumps(study, indent=2) + "\n")
 print(text)

@@ -402,5 +402,12 @@ def test_ablation_changes_are_the_variant_minus_the_full_model_as_in_the_paper(t
                    "detectable": 0.8}]).to_csv(folder / "differences.csv", index=False)  # fmt: skip
     (folder / "study.json").write_text(json.dumps({"caption": "a study"}))
     text = report._ablations(tmp_path)
+    assert "from scratch" not in text, "no estimate recorded: none shown"
+    estimate = {"runs": 28, "hardware": "some-cpu", "hours_here": 6.42, "parallel": 2,
+                "gain": 1.31}  # fmt: skip
+    (folder / "study.json").write_text(json.dumps({"caption": "a study",
+                                                   "plan_estimate": estimate}))  # fmt: skip
+    shown = report._ablations(tmp_path)
+    assert "on some-cpu: about 6.4 h" in shown and "1.31x" in shown
     row = next(line for line in text.splitlines() if line.startswith("| no context cluster"))
     assert "-0.50 [-1.10, +0.10]" in row and "-3.3" in row, "ours and the paper's, one sign"
