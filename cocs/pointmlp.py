@@ -206,13 +206,13 @@ class Stage(nn.Module):
         y = self._transfer(x, idx, near, std)  # (B, S, k, out)
         B, S = idx.shape
         y = y.flatten(0, 1)  # (B * S, k, out): one group per row
-        *blocks, last = self.pre  # the last is a ResBlock: its ReLU waits for the max
-        for block in blocks:
-            y = block(y)
-        y = last(y, act=False)
+        for i, block in enumerate(self.pre):  # the last ResBlock's ReLU waits for the max
+            last = i == len(self.pre) - 1 and isinstance(block, ResBlock)
+            y = block(y, act=False) if last else block(y)
         # max over the k neighbours, then the ReLU (they commute: one pass over S values
-        # instead of S * k); the gradient goes to the first maximum, as the release's max
-        # pooling sends it (amax would split it among ties, at several passes)
+        # instead of S * k; without local blocks it is the transfer's ReLU again, a no-op);
+        # the gradient goes to the first maximum, as the release's max pooling sends it
+        # (amax would split it among ties, at several passes)
         y = torch.relu(y.max(dim=1).values).view(B, S, -1)  # (B, S, out)
         return gather(xyz, idx), self.pos(y)
 

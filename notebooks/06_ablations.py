@@ -188,12 +188,13 @@ if max_per_class == 0:  # the whole training set: the default run
 #
 # On a CPU the study trains `parallel_runs` runs at once, each in a process of its own with
 # an equal share of the threads (`cocs.ablation.train_runs`). A training step of `coc_cifar`
-# works on small tensors, and on two cores the second thread of one process idles part of
-# the time; two processes of one thread each keep both cores busy. What a run computes does
-# not change (tests/test_ablation.py checks that its files are those one process of one
-# thread writes), only how many runs finish per hour, which `cocs.ablation.parallel_gain`
-# measures here: the full model's step alone with all threads, then in `parallel_runs`
-# processes side by side. The chapter trains in parallel only where that gain is above 1, and
+# works on small tensors, which may leave the second thread of a process on two cores idle
+# part of the time, where two processes of one thread each would keep both cores busy. What a
+# run computes does not change (tests/test_ablation.py checks that its files are those one
+# process of one thread writes), only how many runs finish per hour, which
+# `cocs.ablation.parallel_gain` measures here whenever there are timings to take or runs to
+# train: the full model's step alone with all threads, then in `parallel_runs` processes side
+# by side. The chapter trains in parallel only where that gain is above 1, and
 # then also estimates the study from this machine's own measured steps: the runs' steps
 # (training images / batch size per epoch) at the side-by-side step time, scaled by each
 # variant's cost ratio, divided among the processes.
@@ -251,8 +252,8 @@ plan_estimate = {"hardware": hardware, "threads": threads, "runs": len(plan),
                  "units": float(sum(ratio[k] for k, _ in plan)),  # full-model runs' worth
                  "hours_one_at_a_time": None if reference is None else epochs * reference
                  * float(sum(ratio[k] for k, _ in plan)) / 60}  # fmt: skip
-if parallel > 1 and cost_repeats:
-    gain = parallel_gain(parallel, steps=2 * cost_repeats, amp=amp == "bf16")
+if parallel > 1 and (cost_repeats or (train_missing and len(done) < len(plan))):
+    gain = parallel_gain(parallel, steps=2 * cost_repeats or 10, amp=amp == "bf16")
     print(f"{parallel} processes of {gain['threads_each']} thread(s) side by side: a step "
           f"{gain['step_s_side_by_side']:.3f} s each against {gain['step_s_alone']:.3f} s for one "
           f"process alone, {gain['gain']:.2f}x the runs per hour")  # fmt: skip

@@ -85,3 +85,10 @@ def test_group_spread_is_the_deviation_of_the_centred_groups(offset):
     group_spread(x32, idx, near).sum().backward()
     (grad,) = torch.autograd.grad(expected.sum(), x)
     torch.testing.assert_close(x32.grad.double(), grad, rtol=1e-3, atol=1e-6)
+
+
+def test_stages_without_local_blocks_still_build_and_run():
+    """pre_blocks=0: the max over neighbours takes the transfer layer's output directly."""
+    model = PointMLP(num_classes=5, points=64, k=8, pre_blocks=(0, 1, 0, 1))
+    out = model(torch.randn(2, 64, 3))
+    assert out.shape == (2, 5) and out.isfinite().all()
