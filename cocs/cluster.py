@@ -74,19 +74,30 @@ def _similarity(centres: Tensor, x: Tensor, alpha, beta, similarity: str) -> Ten
     return sim
 
 
+def _flat_index(index: Tensor, M: int) -> Tensor:
+    """Row of each point's centre among all G * M centres: index (G, N) -> (G * N,)."""
+    G = index.shape[0]
+    return (index + torch.arange(G, device=index.device).unsqueeze(1) * M).flatten()
+
+
 def _aggregate(
-    values: Tensor, centres: Tensor, weight: Tensor, index: Tensor
+    values: Tensor, centres: Tensor, weight: Tensor, index: Tensor, flat: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """Similarity-weighted mean of each cluster's points plus its centre, and its denominator.
 
-    values (G, N, D), centres (G, M, D), weight (G, N), index (G, N) -> (G, M, D), (G, M).
-    Scatter-adds, so that a FLOP counter sees only the real multiply-adds.
+    values (G, N, D), centres (G, M, D), weight (G, N), index (G, N) -> (G, M, D), (G, M);
+    ``flat`` is :func:`_flat_index` of ``index``, if already at hand. Whole rows are added
+    with ``index_add`` (one index per point, not per element as a scatter-add reads), and a
+    FLOP counter sees only the real multiply-adds.
     """
     G, N, D = values.shape
+    M = centres.shape[1]
+    flat = _flat_index(index, M) if flat is None else flat
     values, weight = values.to(centres.dtype), weight.to(centres.dtype)  # under autocast
-    num = centres.scatter_add(1, index.unsqueeze(-1).expand(G, N, D), values * weight.unsqueeze(-1))
+    weighted = (values * weight.unsqueeze(-1)).reshape(-1, D)  # (G * N, D)
+    num = centres.reshape(G * M, D).index_add(0, flat, weighted)  # (G * M, D)
     den = torch.ones_like(centres[..., 0]).scatter_add(1, index, weight)  # (G, M)
-    return num / den.unsqueeze(-1), den
+    return num.view(G, M, D) / den.unsqueeze(-1), den
 
 
 def _take(t: Tensor, flat: Tensor) -> Tensor:
@@ -149,10 +160,9 @@ class _ClusterGroups(torch.autograd.Function):
         sim = torch.sigmoid(beta + alpha * cos) if use_sigmoid else cos
         s, idx = sim.max(dim=1)  # (G, N): each point joins its most similar centre
         cos_sel = cos.gather(1, idx.unsqueeze(1)).squeeze(1) if use_sigmoid else s
-        # row index of each point's centre among all G * M centres
-        flat = (idx + torch.arange(G, device=idx.device).unsqueeze(1) * M).flatten()
+        flat = _flat_index(idx, M)  # (G * N,) row of each point's centre
         # the backward pass sums with the faster one-hot products of _sum_into
-        clusters, den = _aggregate(v, value_centres, s, idx)  # (G, M, Dv), (G, M)
+        clusters, den = _aggregate(v, value_centres, s, idx, flat)  # (G, M, Dv), (G, M)
         out = _take(clusters, flat).mul_(s.unsqueeze(-1))  # (G, N, Dv): dispatch
         ctx.save_for_backward(
             xn, x_norm, cn, c_norm, v, clusters, den, s, idx, flat, cos_sel, alpha
@@ -235,6 +245,9 @@ def cluster_groups(
     for _ in range(center_iters):
         s, idx = _similarity(centres, points, sim_alpha, sim_beta, similarity).max(dim=1)
         centres, _ = _aggregate(points, centres, s, idx)
+    if not _autograd:  # the moved centres, then the same final step as fixed ones
+        return cluster_groups(points, values, centres, value_centres, sim_alpha=sim_alpha,
+                              sim_beta=sim_beta, similarity=similarity)  # fmt: skip
     # hard assignment: each point keeps only its similarity to the centre it joins
     s, idx = _similarity(centres, points, sim_alpha, sim_beta, similarity).max(dim=1)  # (G, N)
     clusters, _ = _aggregate(values, value_centres, s, idx)  # (G, M, Dv)

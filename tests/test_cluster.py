@@ -236,8 +236,9 @@ def test_the_backward_pass_takes_mixed_precision_from_autocast():
     torch.testing.assert_close(res.out.float()[kept], exact.out[kept], atol=0.1, rtol=0.05)
 
 
-def test_hand_derived_backward_equals_autograd():
-    kw = dict(heads=2, proposal_w=2, proposal_h=2, fold_w=2, fold_h=2)
+@pytest.mark.parametrize("center_iters", [0, 2])  # 2: moved centres, then the same final step
+def test_hand_derived_backward_equals_autograd(center_iters):
+    kw = dict(heads=2, proposal_w=2, proposal_h=2, fold_w=2, fold_h=2, center_iters=center_iters)
     x = torch.randn(2, 8, 8, 8, requires_grad=True)
     v = torch.randn(2, 8, 8, 6, requires_grad=True)
     a = torch.tensor([1.3], requires_grad=True)
