@@ -39,6 +39,7 @@ __all__ = [
     "divergence_trace",
     "finished_run",
     "findings",
+    "loading_seconds",
     "paper_evidence",
     "parallel_gain",
     "relative_costs",
@@ -351,8 +352,11 @@ def train_runs(configs: Sequence, *, parallel: int = 1) -> None:
     pool.join()
 
 
-def _time_steps(threads: int, steps: int, amp: bool, barrier=None) -> float:
-    """Median seconds of a training step of the full model with ``threads`` threads."""
+def _time_steps(threads: int, steps: int, amp: bool, barrier=None, compiled: bool = False) -> dict:
+    """The full model's training step as the engine runs it (fused AdamW, batch 128, compiled
+    with ``compiled``) with ``threads`` threads: the median step (s), the first step (s: with
+    ``compiled``, it compiles) and the median evaluation batch (s; 256 images without
+    gradients, uncompiled, as the engine tests)."""
     import timm
 
     from .allocator import keep_freed_memory
@@ -361,40 +365,52 @@ def _time_steps(threads: int, steps: int, amp: bool, barrier=None) -> float:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = timm.create_model("coc_cifar")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    net = torch.compile(model, dynamic=False) if compiled else model
     x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))
-    times = []
+    times, infer = [], []
     for i in range(steps + 2):  # two warm-up steps
         if i == 2 and barrier is not None:
             barrier.wait()  # the timed steps of every worker overlap
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            torch.nn.functional.cross_entropy(model(x).float(), y).backward()
+            torch.nn.functional.cross_entropy(net(x).float(), y).backward()
         opt.step()
         times.append(time.perf_counter() - t0)
-    return float(np.median(times[2:]))
+    model.eval()
+    for _ in range(max(2, steps // 2) + 1):
+        t0 = time.perf_counter()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            model(torch.cat([x, x]))
+        infer.append(time.perf_counter() - t0)
+    return {"step_s": float(np.median(times[2:])), "first_step_s": times[0],
+            "eval_batch_s": float(np.median(infer[1:]))}  # fmt: skip
 
 
-def _time_in_worker(threads: int, steps: int, amp: bool, barrier, results) -> None:
-    results.put(_time_steps(threads, steps, amp, barrier))
+def _time_in_worker(threads: int, steps: int, amp: bool, barrier, results, compiled) -> None:
+    results.put(_time_steps(threads, steps, amp, barrier, compiled))
 
 
-def parallel_gain(parallel: int, *, steps: int = 10, amp: bool = True) -> dict:
+def parallel_gain(parallel: int, *, steps: int = 10, amp: bool = True, compiled: bool = False
+                  ) -> dict:  # fmt: skip
     """How many more training steps per hour ``parallel`` processes give than one.
 
-    Times the full model's training step (eager, batch 128) first in this process with all of
-    its threads, then in ``parallel`` processes at once with an equal share of them each,
-    whose timed steps start together. ``gain`` = parallel x (one process's step) / (a step of
-    the processes side by side): above 1, :func:`train_runs` with ``parallel`` finishes the
-    study sooner by that factor.
+    Times the full model's training step as the engine runs it (:func:`_time_steps`) first in
+    this process with all of its threads, then in ``parallel`` processes at once with an equal
+    share of them each, whose timed steps start together. ``gain`` = parallel x (one process's
+    step) / (a step of the processes side by side): above 1, :func:`train_runs` with
+    ``parallel`` finishes the study sooner by that factor. The processes' first step
+    (``first_step_s_side_by_side``: compiling, with ``compiled``) and evaluation batch of 256
+    images (``eval_batch_s_side_by_side``) are reported for estimating whole runs.
     """
     threads = torch.get_num_threads()
-    alone = _time_steps(threads, steps, amp)
+    alone = _time_steps(threads, steps, amp, compiled=compiled)
     share = max(1, threads // parallel)
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(parallel), ctx.Queue()
-    workers = [ctx.Process(target=_time_in_worker, args=(share, steps, amp, barrier, results))
+    workers = [ctx.Process(target=_time_in_worker,
+                           args=(share, steps, amp, barrier, results, compiled))
                for _ in range(parallel)]  # fmt: skip
     for w in workers:
         w.start()
@@ -415,9 +431,35 @@ def parallel_gain(parallel: int, *, steps: int = 10, amp: bool = True) -> dict:
     for w in workers:
         w.join()
     torch.set_num_threads(threads)
-    step = float(np.median(side_by_side))
-    return {"parallel": parallel, "threads_each": share, "step_s_alone": alone,
-            "step_s_side_by_side": step, "gain": parallel * alone / step}  # fmt: skip
+    med = {k: float(np.median([r[k] for r in side_by_side])) for k in side_by_side[0]}
+    return {"parallel": parallel, "threads_each": share, "compiled": compiled,
+            "step_s_alone": alone["step_s"], "step_s_side_by_side": med["step_s"],
+            "first_step_s_side_by_side": med["first_step_s"],
+            "eval_batch_s_side_by_side": med["eval_batch_s"],
+            "gain": parallel * alone["step_s"] / med["step_s"]}  # fmt: skip
+
+
+def loading_seconds(cfg, *, batches: int = 20, threads: int = 1) -> float:
+    """Median seconds to load, augment and normalise one training batch of ``cfg``'s data as
+    the engine's loader does (in the training process), with ``threads`` threads."""
+    from . import data as D
+    from .train import build_data
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        bundle = build_data(cfg)
+        sampler = D.EpochBatchSampler(len(bundle.train), cfg.batch_size, seed=cfg.seed, epoch=0)
+        batches_of = iter(D.make_loader(bundle.train, sampler, 0))
+        times = []
+        for _ in range(min(batches + 1, len(sampler))):
+            t0 = time.perf_counter()
+            x, _ = next(batches_of)
+            D.normalize(x, bundle.mean, bundle.std)
+            times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
+    return float(np.median(times[1:] or times))
 
 
 def relative_costs(
@@ -427,7 +469,7 @@ def relative_costs(
 
     One process, one batch, the models timed in turn (full, a, b, ..., full, a, b, ...) so that
     each sees the same machine load; the median of ``repeats`` rounds after one warm-up round.
-    Eager mode, bfloat16 autocast when ``amp``.
+    Eager mode, bfloat16 autocast when ``amp``, AdamW's fused step as the engine takes it.
     """
     import timm
 
@@ -439,7 +481,7 @@ def relative_costs(
     models = {
         k: timm.create_model("coc_cifar", **parse_model_kwargs(known[k].model_kwargs)) for k in keys
     }
-    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4, fused=True) for k, m in models.items()}
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
     times = {(k, what): [] for k in keys for what in ("train", "infer")}
     for r in range(repeats + 1):

@@ -255,12 +255,16 @@ def _ablations(results: Path) -> str | None:
         text += "\n\n" + table.to_markdown(index=False)
     estimate = study.get("plan_estimate") or {}
     if estimate.get("hours_here") is not None:  # measured where the chapter last ran
+        counted = (
+            "steps, data loading, compiling and test passes counted"
+            if "load_s" in estimate  # a whole-run estimate
+            else "training steps only; evaluation and compiling not counted"
+        )
         text += (
             f"\n\nThe whole plan ({estimate['runs']} runs) from scratch, as the chapter last "
-            f"estimated it on {estimate['hardware']}: about {estimate['hours_here']:.1f} h of "
-            f"training steps with {estimate['parallel']} runs at a time (measured there: "
-            f"{estimate['gain']:.2f}x the runs per hour of one run at a time; evaluation and "
-            "compiling not counted)."
+            f"estimated it on {estimate['hardware']}: about {estimate['hours_here']:.1f} h "
+            f"with {estimate['parallel']} runs at a time (measured there: "
+            f"{estimate['gain']:.2f}x the runs per hour of one run at a time; {counted})."
         )
     return text
 

@@ -96,6 +96,7 @@ from cocs.ablation import (
     divergence_trace,
     findings,
     finished_run,
+    loading_seconds,
     parallel_gain,
     relative_costs,
     run_config,
@@ -194,10 +195,14 @@ if max_per_class == 0:  # the whole training set: the default run
 # process of one thread writes), only how many runs finish per hour, which
 # `cocs.ablation.parallel_gain` measures here whenever there are timings to take or runs to
 # train: the full model's step alone with all threads, then in `parallel_runs` processes side
-# by side. The chapter trains in parallel only where that gain is above 1, and
-# then also estimates the study from this machine's own measured steps: the runs' steps
-# (training images / batch size per epoch) at the side-by-side step time, scaled by each
-# variant's cost ratio, divided among the processes.
+# by side, each as the engine takes it (fused AdamW; compiled when `torch_compile` is set).
+# The chapter trains in parallel only where that gain is above 1, and then also estimates the
+# study from this machine's own measurements, run by run: its steps (training images / batch
+# size per epoch) at the side-by-side step time scaled by the variant's cost ratio, plus the
+# loading of each batch (`cocs.ablation.loading_seconds`, with a process's share of threads),
+# its first step beyond an ordinary one (compiling), and its passes over the test set (every
+# `eval_every` epochs and the last, then the saved predictions) at the side-by-side
+# evaluation time scaled by the variant's inference ratio; all divided among the processes.
 
 # %%
 if cost_repeats:
@@ -253,25 +258,38 @@ plan_estimate = {"hardware": hardware, "threads": threads, "runs": len(plan),
                  "hours_one_at_a_time": None if reference is None else epochs * reference
                  * float(sum(ratio[k] for k, _ in plan)) / 60}  # fmt: skip
 if parallel > 1 and (cost_repeats or (train_missing and len(done) < len(plan))):
-    gain = parallel_gain(parallel, steps=2 * cost_repeats or 10, amp=amp == "bf16")
+    gain = parallel_gain(parallel, steps=2 * cost_repeats or 10, amp=amp == "bf16",
+                         compiled=torch_compile)  # fmt: skip
     print(f"{parallel} processes of {gain['threads_each']} thread(s) side by side: a step "
           f"{gain['step_s_side_by_side']:.3f} s each against {gain['step_s_alone']:.3f} s for one "
-          f"process alone, {gain['gain']:.2f}x the runs per hour")  # fmt: skip
+          f"process alone, {gain['gain']:.2f}x the runs per hour "
+          f"({'compiled' if torch_compile else 'eager'} steps, as the runs take them)")  # fmt: skip
     if gain["gain"] <= 1:
         print("no gain here: the runs train one at a time")
         parallel = 1
     else:
-        steps = math.ceil(10 * (max_per_class or 5000) / batch_size) * epochs
-        hours = {k: steps * gain["step_s_side_by_side"] * ratio[k] / 3600 / parallel
-                 for k in keys}  # one run of each variant, its share of the processes' time
+        # a run, as the engine trains it: its steps, its first step (which compiles), and its
+        # test passes (every eval_every epochs and the last, then the saved predictions)
+        steps = 10 * (max_per_class or 5000) // batch_size * epochs
+        passes = len({*range(eval_every, epochs + 1, eval_every), epochs}) + 1
+        batches = math.ceil(10 * (max_test_per_class or 1000) / (2 * batch_size))
+        eval_ratio = costs.set_index("key")["infer_ratio"]
+        step_s, first_s = gain["step_s_side_by_side"], gain["first_step_s_side_by_side"]
+        load_s = loading_seconds(run_config("full", 0, globals(), out),
+                                 threads=gain["threads_each"])  # a batch, as a run loads it
+        hours = {k: (steps * (step_s * ratio[k] + load_s) + max(0.0, first_s - step_s)
+                     + passes * batches * gain["eval_batch_s_side_by_side"] * eval_ratio[k])
+                 / 3600 / parallel for k in keys}  # one run of each variant, its share of the time
         whole = sum(hours[k] for k, _ in plan)
         left = sum(hours[k] for k, s in plan if (k, s) not in done)
-        plan_estimate |= {"parallel": parallel, "gain": gain["gain"],
-                          "step_s_side_by_side": gain["step_s_side_by_side"],
+        plan_estimate |= {"parallel": parallel, "gain": gain["gain"], "compiled": torch_compile,
+                          "step_s_side_by_side": step_s, "first_step_s_side_by_side": first_s,
+                          "load_s": load_s,
+                          "eval_batch_s_side_by_side": gain["eval_batch_s_side_by_side"],
                           "hours_here": whole}  # fmt: skip
-        print(f"from this machine's steps, {parallel} runs at a time: the whole plan about "
-              f"{whole:.1f} h of training steps, the runs left {left:.1f} h (evaluation not "
-              "counted)")  # fmt: skip
+        print(f"from this machine's measurements, {parallel} runs at a time: the whole plan "
+              f"about {whole:.1f} h (steps, {load_s * 1e3:.0f} ms of data loading per step, "
+              f"compiling and test passes), the runs left {left:.1f} h")  # fmt: skip
 if amp == "bf16" and not cpu_has_native_bf16() and len(done) < len(plan):
     print(f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bfloat16: "
           "bf16 autocast is emulated, and every epoch here will take several times the "
@@ -457,7 +475,7 @@ study = {
     "machines": [{"hardware": h, "threads": int(t), "autocast": a, "runs": int(n)}
                  for (h, t, a), n in machines.items()],
     # the plan from scratch as this sitting estimated it (hours_here: from this machine's
-    # steps side by side, training steps only; hours_one_at_a_time: from the reference epoch)
+    # measurements side by side, whole runs; hours_one_at_a_time: from the reference epoch)
     "plan_estimate": plan_estimate,
 }
 atomic_write_text(out / "study.json", json.dumps(study, indent=2) + "\n")

@@ -291,9 +291,19 @@ def test_the_parallel_gain_is_measured_side_by_side():
     from cocs.ablation import parallel_gain
 
     g = parallel_gain(2, steps=1, amp=False)
-    assert g["threads_each"] == max(1, torch.get_num_threads() // 2)
+    assert g["threads_each"] == max(1, torch.get_num_threads() // 2) and not g["compiled"]
     assert g["step_s_alone"] > 0 and g["step_s_side_by_side"] > 0
+    assert g["first_step_s_side_by_side"] > 0 and g["eval_batch_s_side_by_side"] > 0
     assert g["gain"] == pytest.approx(2 * g["step_s_alone"] / g["step_s_side_by_side"])
+
+
+def test_loading_a_batch_is_timed_with_the_runs_threads_and_leaves_the_process_as_it_was():
+    from cocs.ablation import loading_seconds, run_config
+
+    params = {"max_per_class": 4, "max_test_per_class": 1, "batch_size": 8, "epochs": 1}
+    threads = torch.get_num_threads()
+    assert loading_seconds(run_config("full", 0, params, "unused"), batches=3) > 0
+    assert torch.get_num_threads() == threads
 
 
 def test_an_error_in_a_worker_stops_the_runs_and_is_raised(tmp_path):

@@ -409,5 +409,9 @@ def test_ablation_changes_are_the_variant_minus_the_full_model_as_in_the_paper(t
                                                    "plan_estimate": estimate}))  # fmt: skip
     shown = report._ablations(tmp_path)
     assert "on some-cpu: about 6.4 h" in shown and "1.31x" in shown
+    assert "training steps only" in shown
+    (folder / "study.json").write_text(json.dumps({"caption": "a study",
+                                                   "plan_estimate": estimate | {"load_s": 0.01}}))  # fmt: skip
+    assert "data loading, compiling and test passes counted" in report._ablations(tmp_path)
     row = next(line for line in text.splitlines() if line.startswith("| no context cluster"))
     assert "-0.50 [-1.10, +0.10]" in row and "-3.3" in row, "ours and the paper's, one sign"
