@@ -39,7 +39,6 @@ __all__ = [
     "divergence_trace",
     "finished_run",
     "findings",
-    "loading_seconds",
     "paper_evidence",
     "parallel_gain",
     "relative_costs",
@@ -352,65 +351,85 @@ def train_runs(configs: Sequence, *, parallel: int = 1) -> None:
     pool.join()
 
 
-def _time_steps(threads: int, steps: int, amp: bool, barrier=None, compiled: bool = False) -> dict:
-    """The full model's training step as the engine runs it (fused AdamW, batch 128, compiled
-    with ``compiled``) with ``threads`` threads: the median step (s), the first step (s: with
-    ``compiled``, it compiles) and the median evaluation batch (s; 256 images without
-    gradients, uncompiled, as the engine tests)."""
-    import timm
+class _Timed(Exception):
+    """Raised from the training engine's step hook once :func:`_time_steps` has its steps."""
 
-    from .allocator import keep_freed_memory
 
-    keep_freed_memory()  # as the training engine does on a CPU
+def _time_steps(cfg, threads: int, steps: int, barrier=None) -> dict:
+    """A run's training steps as the engine takes them: ``cfg`` (a
+    :class:`cocs.train.TrainConfig`: its data, loader, augmentation, loss, optimizer, schedule,
+    autocast and compiling) trained by :func:`cocs.train.train` in a scratch folder with
+    ``threads`` threads and stopped after ``steps`` timed steps (after two untimed ones).
+
+    Returns ``step_s``, the median seconds from the end of one step to the end of the next
+    (the loading of its batch included); ``start_s``, from the call to the end of the first
+    step (reading the data, building the model and, when compiled, compiling: what every run
+    pays once); and ``eval_batch_s``, the median evaluation batch (``2 x batch_size`` images
+    without gradients, uncompiled, as the engine tests)."""
+    from .train import _resolve_amp, train
+
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = timm.create_model("coc_cifar")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    net = torch.compile(model, dynamic=False) if compiled else model
-    x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))
-    times, infer = [], []
-    for i in range(steps + 2):  # two warm-up steps
-        if i == 2 and barrier is not None:
-            barrier.wait()  # the timed steps of every worker overlap
-        t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            torch.nn.functional.cross_entropy(net(x).float(), y).backward()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-    model.eval()
+    ends: list[float] = []
+    trained: list[torch.nn.Module] = []
+
+    def hook(model: torch.nn.Module, done: int, loss: float) -> None:
+        ends.append(time.perf_counter())
+        if done == 2 and barrier is not None:
+            barrier.wait()  # the timed steps of every process overlap
+            ends[-1] = time.perf_counter()
+        if len(ends) == steps + 2:
+            trained.append(model)
+            raise _Timed
+
+    with tempfile.TemporaryDirectory() as scratch:
+        run = replace(cfg, out_dir=f"{scratch}/run", ckpt_dir=f"{scratch}/ckpt", resume=False,
+                      save_predictions=False, save_weights=False, progress=False,
+                      num_threads=threads)  # fmt: skip
+        began = time.perf_counter()
+        try:
+            train(run, on_step_end=hook)
+        except _Timed:
+            pass
+    if not trained:
+        raise ValueError(
+            f"{cfg.model}: its {cfg.epochs} epoch(s) of {cfg.batch_size}-image batches end "
+            f"before {steps + 2} steps; time fewer steps or train on more images"
+        )
+    model = trained[0].eval()
+    amp = _resolve_amp(cfg, torch.device("cpu"))
+    x = torch.randn(2 * cfg.batch_size, 3, cfg.img_size, cfg.img_size)
+    infer = []
     for _ in range(max(2, steps // 2) + 1):
         t0 = time.perf_counter()
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            model(torch.cat([x, x]))
+        with torch.no_grad(), torch.autocast("cpu", dtype=amp or torch.float32,
+                                             enabled=amp is not None):  # fmt: skip
+            model(x)
         infer.append(time.perf_counter() - t0)
-    return {"step_s": float(np.median(times[2:])), "first_step_s": times[0],
+    return {"step_s": float(np.median(np.diff(ends[1:]))), "start_s": ends[0] - began,
             "eval_batch_s": float(np.median(infer[1:]))}  # fmt: skip
 
 
-def _time_in_worker(threads: int, steps: int, amp: bool, barrier, results, compiled) -> None:
-    results.put(_time_steps(threads, steps, amp, barrier, compiled))
+def _time_in_worker(cfg, threads: int, steps: int, barrier, results) -> None:
+    results.put(_time_steps(cfg, threads, steps, barrier))
 
 
-def parallel_gain(parallel: int, *, steps: int = 10, amp: bool = True, compiled: bool = False
-                  ) -> dict:  # fmt: skip
+def parallel_gain(cfg, parallel: int, *, steps: int = 10) -> dict:
     """How many more training steps per hour ``parallel`` processes give than one.
 
-    Times the full model's training step as the engine runs it (:func:`_time_steps`) first in
+    Times ``cfg``'s training steps as the engine takes them (:func:`_time_steps`), first in
     this process with all of its threads, then in ``parallel`` processes at once with an equal
     share of them each, whose timed steps start together. ``gain`` = parallel x (one process's
     step) / (a step of the processes side by side): above 1, :func:`train_runs` with
-    ``parallel`` finishes the study sooner by that factor. The processes' first step
-    (``first_step_s_side_by_side``: compiling, with ``compiled``) and evaluation batch of 256
-    images (``eval_batch_s_side_by_side``) are reported for estimating whole runs.
+    ``parallel`` finishes the study sooner by that factor. The processes' start
+    (``start_s_side_by_side``: data, model and compiling) and evaluation batch
+    (``eval_batch_s_side_by_side``) are reported for estimating whole runs.
     """
     threads = torch.get_num_threads()
-    alone = _time_steps(threads, steps, amp, compiled=compiled)
+    alone = _time_steps(cfg, threads, steps)
     share = max(1, threads // parallel)
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(parallel), ctx.Queue()
-    workers = [ctx.Process(target=_time_in_worker,
-                           args=(share, steps, amp, barrier, results, compiled))
+    workers = [ctx.Process(target=_time_in_worker, args=(cfg, share, steps, barrier, results))
                for _ in range(parallel)]  # fmt: skip
     for w in workers:
         w.start()
@@ -432,34 +451,11 @@ def parallel_gain(parallel: int, *, steps: int = 10, amp: bool = True, compiled:
         w.join()
     torch.set_num_threads(threads)
     med = {k: float(np.median([r[k] for r in side_by_side])) for k in side_by_side[0]}
-    return {"parallel": parallel, "threads_each": share, "compiled": compiled,
+    return {"parallel": parallel, "threads_each": share, "compiled": cfg.torch_compile,
             "step_s_alone": alone["step_s"], "step_s_side_by_side": med["step_s"],
-            "first_step_s_side_by_side": med["first_step_s"],
+            "start_s_side_by_side": med["start_s"],
             "eval_batch_s_side_by_side": med["eval_batch_s"],
             "gain": parallel * alone["step_s"] / med["step_s"]}  # fmt: skip
-
-
-def loading_seconds(cfg, *, batches: int = 20, threads: int = 1) -> float:
-    """Median seconds to load, augment and normalise one training batch of ``cfg``'s data as
-    the engine's loader does (in the training process), with ``threads`` threads."""
-    from . import data as D
-    from .train import build_data
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        bundle = build_data(cfg)
-        sampler = D.EpochBatchSampler(len(bundle.train), cfg.batch_size, seed=cfg.seed, epoch=0)
-        batches_of = iter(D.make_loader(bundle.train, sampler, 0))
-        times = []
-        for _ in range(min(batches + 1, len(sampler))):
-            t0 = time.perf_counter()
-            x, _ = next(batches_of)
-            D.normalize(x, bundle.mean, bundle.std)
-            times.append(time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(before)
-    return float(np.median(times[1:] or times))
 
 
 def relative_costs(

@@ -255,17 +255,26 @@ def _ablations(results: Path) -> str | None:
         text += "\n\n" + table.to_markdown(index=False)
     estimate = study.get("plan_estimate") or {}
     if estimate.get("hours_here") is not None:  # measured where the chapter last ran
-        counted = (
-            "steps, data loading, compiling and test passes counted"
-            if "load_s" in estimate  # a whole-run estimate
-            else "training steps only; evaluation and compiling not counted"
-        )
+        if estimate.get("engine_steps"):  # whole runs, timed in the training engine
+            counted = ("the engine's steps with their data loading, each run's start "
+                       "(compiling) and test passes counted; a run that stopped early, at the "
+                       "epochs it trained")  # fmt: skip
+        elif "load_s" in estimate:  # whole runs, from a synthetic step
+            counted = "steps, data loading, compiling and test passes counted"
+        else:
+            counted = "training steps only; evaluation and compiling not counted"
         text += (
             f"\n\nThe whole plan ({estimate['runs']} runs) from scratch, as the chapter last "
             f"estimated it on {estimate['hardware']}: about {estimate['hours_here']:.1f} h "
             f"with {estimate['parallel']} runs at a time (measured there: "
             f"{estimate['gain']:.2f}x the runs per hour of one run at a time; {counted})."
         )
+        fewest = estimate.get("fewest_epochs")
+        if fewest and estimate.get("hours_at_fewest_epochs") and fewest != study.get("epochs"):
+            text += (
+                f" With {fewest} epochs, the fewest the chapter's learning curve predicts to "
+                f"reach 74%, about {estimate['hours_at_fewest_epochs']:.1f} h."
+            )
     return text
 
 

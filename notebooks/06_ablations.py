@@ -96,7 +96,6 @@ from cocs.ablation import (
     divergence_trace,
     findings,
     finished_run,
-    loading_seconds,
     parallel_gain,
     relative_costs,
     run_config,
@@ -203,15 +202,19 @@ if max_per_class == 0:  # the whole training set: the default run
 # run computes does not change (tests/test_ablation.py checks that its files are those one
 # process of one thread writes), only how many runs finish per hour, which
 # `cocs.ablation.parallel_gain` measures here whenever there are timings to take or runs to
-# train: the full model's step alone with all threads, then in `parallel_runs` processes side
-# by side, each as the engine takes it (fused AdamW; compiled when `torch_compile` is set).
-# The chapter trains in parallel only where that gain is above 1, and then also estimates the
-# study from this machine's own measurements, run by run: its steps (training images / batch
-# size per epoch) at the side-by-side step time scaled by the variant's cost ratio, plus the
-# loading of each batch (`cocs.ablation.loading_seconds`, with a process's share of threads),
-# its first step beyond an ordinary one (compiling), and its passes over the test set (every
-# `eval_every` epochs and the last, then the saved predictions) at the side-by-side
-# evaluation time scaled by the variant's inference ratio; all divided among the processes.
+# train: the full model's run trained by the engine itself (its data, loader, loss, fused
+# AdamW, schedule, autocast; compiled when `torch_compile` is set) in a scratch folder and
+# stopped after a few timed steps, first alone with all threads, then in `parallel_runs`
+# processes side by side (the engine itself, not a copy of its step, which could drift from
+# it). The chapter trains in parallel only where that gain is above 1, and then also estimates
+# the study from this machine's own measurements, run by run: its start (reading the data,
+# building the model, compiling), its steps (training images / batch size per epoch, each with
+# the loading of its batch) at the side-by-side step time scaled by the variant's cost ratio,
+# and its passes over the test set (every `eval_every` epochs and the last, then the saved
+# predictions) at the side-by-side evaluation time scaled by the variant's inference ratio;
+# all divided among the processes. A finished run counts the epochs it trained: one whose loss
+# stopped being finite ended with that epoch, untested (a run not yet trained counts all its
+# epochs).
 
 # %%
 if cost_repeats:
@@ -267,38 +270,56 @@ plan_estimate = {"hardware": hardware, "threads": threads, "runs": len(plan),
                  "hours_one_at_a_time": None if reference is None else epochs * reference
                  * float(sum(ratio[k] for k, _ in plan)) / 60}  # fmt: skip
 if parallel > 1 and (cost_repeats or (train_missing and len(done) < len(plan))):
-    gain = parallel_gain(parallel, steps=2 * cost_repeats or 10, amp=amp == "bf16",
-                         compiled=torch_compile)  # fmt: skip
+    gain = parallel_gain(run_config("full", 0, globals(), out), parallel,
+                         steps=2 * cost_repeats or 10)  # the full model's run, as it trains
     print(f"{parallel} processes of {gain['threads_each']} thread(s) side by side: a step "
           f"{gain['step_s_side_by_side']:.3f} s each against {gain['step_s_alone']:.3f} s for one "
           f"process alone, {gain['gain']:.2f}x the runs per hour "
-          f"({'compiled' if torch_compile else 'eager'} steps, as the runs take them)")  # fmt: skip
+          f"({'compiled' if torch_compile else 'eager'} steps of the engine)")  # fmt: skip
     if gain["gain"] <= 1:
         print("no gain here: the runs train one at a time")
         parallel = 1
     else:
-        # a run, as the engine trains it: its steps, its first step (which compiles), and its
-        # test passes (every eval_every epochs and the last, then the saved predictions)
-        steps = 10 * (max_per_class or 5000) // batch_size * epochs
-        passes = len({*range(eval_every, epochs + 1, eval_every), epochs}) + 1
+        # a run, as the engine trains it: its start (data, model, compiling), its steps
+        # (loading included) and its test passes (every eval_every epochs and the last, then
+        # the saved predictions); a finished run counts the epochs it trained (one that
+        # diverged stopped at the end of that epoch, untested)
+        per_epoch = 10 * (max_per_class or 5000) // batch_size
         batches = math.ceil(10 * (max_test_per_class or 1000) / (2 * batch_size))
         eval_ratio = costs.set_index("key")["infer_ratio"]
-        step_s, first_s = gain["step_s_side_by_side"], gain["first_step_s_side_by_side"]
-        load_s = loading_seconds(run_config("full", 0, globals(), out),
-                                 threads=gain["threads_each"])  # a batch, as a run loads it
-        hours = {k: (steps * (step_s * ratio[k] + load_s) + max(0.0, first_s - step_s)
-                     + passes * batches * gain["eval_batch_s_side_by_side"] * eval_ratio[k])
-                 / 3600 / parallel for k in keys}  # one run of each variant, its share of the time
-        whole = sum(hours[k] for k, _ in plan)
-        left = sum(hours[k] for k, s in plan if (k, s) not in done)
+        step_s, start_s = gain["step_s_side_by_side"], gain["start_s_side_by_side"]
+        ran = {(k, s): epochs for k, s in plan}  # epochs each run trains
+        for k, s in done:
+            meta = finished_run(run_config(k, s, globals(), out))
+            ran[k, s] = meta["diverged"]["epoch"] if meta.get("diverged") else meta["epochs_done"]
+
+        def run_hours(k: str, s: int, planned: int = epochs) -> float:
+            """One run's share of the time, ``parallel`` runs training at once, with a
+            ``planned`` schedule (a run that stopped early stops there again)."""
+            e = ran[k, s] if ran[k, s] < epochs else planned
+            passes = len({*range(eval_every, e + 1, eval_every), e}) + 1 if e == planned else 0
+            seconds = (start_s + (per_epoch * e - 1) * step_s * ratio[k]
+                       + passes * batches * gain["eval_batch_s_side_by_side"] * eval_ratio[k])
+            return seconds / 3600 / parallel
+
+        whole = sum(run_hours(k, s) for k, s in plan)
+        left = sum(run_hours(k, s) for k, s in plan if (k, s) not in done)
+        short = {f"{k} seed {s}": e for (k, s), e in ran.items() if e < epochs}
+        # the fewest epochs the curve above predicts to reach 74%, and what they would cost
+        fewest = math.ceil(b / (a - 74)) if a > 74 else None
+        at_fewest = None if fewest is None else sum(run_hours(k, s, fewest) for k, s in plan)
         plan_estimate |= {"parallel": parallel, "gain": gain["gain"], "compiled": torch_compile,
-                          "step_s_side_by_side": step_s, "first_step_s_side_by_side": first_s,
-                          "load_s": load_s,
+                          "step_s_side_by_side": step_s, "start_s_side_by_side": start_s,
                           "eval_batch_s_side_by_side": gain["eval_batch_s_side_by_side"],
-                          "hours_here": whole}  # fmt: skip
+                          "stopped_early": short, "engine_steps": True, "hours_here": whole,
+                          "fewest_epochs": fewest, "hours_at_fewest_epochs": at_fewest}  # fmt: skip
         print(f"from this machine's measurements, {parallel} runs at a time: the whole plan "
-              f"about {whole:.1f} h (steps, {load_s * 1e3:.0f} ms of data loading per step, "
-              f"compiling and test passes), the runs left {left:.1f} h")  # fmt: skip
+              f"about {whole:.1f} h (engine steps with their loading, each run's start of "
+              f"{start_s:.0f} s and its test passes; runs that stopped early at the epochs "
+              f"they trained: {short or 'none'}), the runs left {left:.1f} h")  # fmt: skip
+        if fewest is not None and fewest != epochs:
+            print(f"with {fewest} epochs, the fewest the curve predicts to reach 74%: about "
+                  f"{at_fewest:.1f} h")  # fmt: skip
 if amp == "bf16" and not cpu_has_native_bf16() and len(done) < len(plan):
     print(f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bfloat16: "
           "bf16 autocast is emulated, and every epoch here will take several times the "

@@ -287,23 +287,22 @@ def test_runs_trained_side_by_side_compute_what_one_process_computes(tmp_path):
     assert again["reused"].all(), "finished runs are read, not trained again"
 
 
-def test_the_parallel_gain_is_measured_side_by_side():
-    from cocs.ablation import parallel_gain
+def test_the_parallel_gain_times_the_engines_own_steps_side_by_side(tmp_path):
+    from cocs.ablation import _time_steps, parallel_gain, run_config
 
-    g = parallel_gain(2, steps=1, amp=False)
-    assert g["threads_each"] == max(1, torch.get_num_threads() // 2) and not g["compiled"]
-    assert g["step_s_alone"] > 0 and g["step_s_side_by_side"] > 0
-    assert g["first_step_s_side_by_side"] > 0 and g["eval_batch_s_side_by_side"] > 0
-    assert g["gain"] == pytest.approx(2 * g["step_s_alone"] / g["step_s_side_by_side"])
-
-
-def test_loading_a_batch_is_timed_with_the_runs_threads_and_leaves_the_process_as_it_was():
-    from cocs.ablation import loading_seconds, run_config
-
-    params = {"max_per_class": 4, "max_test_per_class": 1, "batch_size": 8, "epochs": 1}
+    params = {"max_per_class": 4, "max_test_per_class": 1, "batch_size": 8, "epochs": 2,
+              "torch_compile": False, "amp": "off"}  # fmt: skip
+    cfg = run_config("full", 0, params, tmp_path / "study")
     threads = torch.get_num_threads()
-    assert loading_seconds(run_config("full", 0, params, "unused"), batches=3) > 0
+    g = parallel_gain(cfg, 2, steps=2)
+    assert g["threads_each"] == max(1, threads // 2) and not g["compiled"]
+    assert g["step_s_alone"] > 0 and g["step_s_side_by_side"] > 0
+    assert g["start_s_side_by_side"] > 0 and g["eval_batch_s_side_by_side"] > 0
+    assert g["gain"] == pytest.approx(2 * g["step_s_alone"] / g["step_s_side_by_side"])
     assert torch.get_num_threads() == threads
+    assert not (tmp_path / "study").exists(), "the timing trains in a scratch folder"
+    with pytest.raises(ValueError, match="end before 12 steps"):  # 2 epochs of 5 steps
+        _time_steps(cfg, 1, steps=10)
 
 
 def test_an_error_in_a_worker_stops_the_runs_and_is_raised(tmp_path):

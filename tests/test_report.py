@@ -413,5 +413,15 @@ def test_ablation_changes_are_the_variant_minus_the_full_model_as_in_the_paper(t
     (folder / "study.json").write_text(json.dumps({"caption": "a study",
                                                    "plan_estimate": estimate | {"load_s": 0.01}}))  # fmt: skip
     assert "data loading, compiling and test passes counted" in report._ablations(tmp_path)
+    (folder / "study.json").write_text(json.dumps({"caption": "a study",
+                                                   "plan_estimate": estimate | {"engine_steps": True}}))  # fmt: skip
+    assert "the engine's steps with their data loading" in report._ablations(tmp_path)
+    assert "fewest" not in report._ablations(tmp_path)
+    (folder / "study.json").write_text(json.dumps({"caption": "a study", "epochs": 12,
+                                                   "plan_estimate": estimate | {
+                                                       "fewest_epochs": 11,
+                                                       "hours_at_fewest_epochs": 5.61}}))  # fmt: skip
+    assert "With 11 epochs, the fewest" in report._ablations(tmp_path)
+    assert "about 5.6 h." in report._ablations(tmp_path)
     row = next(line for line in text.splitlines() if line.startswith("| no context cluster"))
     assert "-0.50 [-1.10, +0.10]" in row and "-3.3" in row, "ours and the paper's, one sign"
