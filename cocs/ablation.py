@@ -15,7 +15,10 @@ import math
 import multiprocessing
 import os
 import queue
+import signal
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -313,6 +316,24 @@ def _train_one(cfg) -> None:
         raise RuntimeError(f"{name} stopped after {result['epochs_done']} epochs")
 
 
+def _die_with_parent(parent: int) -> None:
+    """A worker's first act (Linux): ask the kernel for SIGTERM when ``parent``, the process
+    that started it, dies, however it dies. Otherwise a worker outlives a killed study and
+    trains on, writing the files and checkpoint of a run that the study, started again, also
+    trains."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1  # from <linux/prctl.h>
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        if os.getppid() != parent:  # it died before the request: nobody to work for
+            os._exit(1)
+
+
+def _stop_on_sigterm(signum, frame) -> None:
+    raise SystemExit(f"stopped by signal {signum}")
+
+
 def _train_in_worker(job: tuple) -> str:
     cfg, threads = job
     torch.set_num_threads(threads)
@@ -329,8 +350,9 @@ def train_runs(configs: Sequence, *, parallel: int = 1) -> None:
     second thread idle part of the time), two runs of one thread each finish more runs per
     hour than one run of two threads; chapter 6 measures by how much
     (:func:`parallel_gain`). What each run computes does not depend on it. The first error of
-    a worker, or an interrupt, stops every worker at once and is raised; an interrupted run
-    resumes from its last checkpoint when the study runs again.
+    a worker, an interrupt or a kill (SIGTERM) stops every worker at once and is raised, and a
+    worker whose parent dies, however it dies, stops too (Linux); an interrupted run resumes
+    from its last checkpoint when the study runs again.
     """
     if parallel <= 1 or len(configs) <= 1:
         for cfg in configs:
@@ -339,14 +361,22 @@ def train_runs(configs: Sequence, *, parallel: int = 1) -> None:
     threads = max(1, torch.get_num_threads() // parallel)
     print(f"training {len(configs)} runs, {parallel} at a time in processes of {threads} "
           f"thread(s) each", flush=True)  # fmt: skip
-    pool = multiprocessing.get_context("spawn").Pool(parallel)
+    # a kill (SIGTERM) of this process stops the workers as an interrupt does
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm) if main else None
+    pool = multiprocessing.get_context("spawn").Pool(
+        parallel, initializer=_die_with_parent, initargs=(os.getpid(),)
+    )
     try:
         jobs = [(cfg, threads) for cfg in configs]
         for name in pool.imap_unordered(_train_in_worker, jobs, chunksize=1):
             print(f"finished: {name}", flush=True)
-    except BaseException:  # an error or an interrupt: stop every run now (each resumes later
-        pool.terminate()  # from its last checkpoint) rather than train on unseen
+    except BaseException:  # an error, an interrupt or a kill: stop every run now (each
+        pool.terminate()  # resumes later from its last checkpoint) rather than train on unseen
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     pool.close()
     pool.join()
 
@@ -409,7 +439,8 @@ def _time_steps(cfg, threads: int, steps: int, barrier=None) -> dict:
             "eval_batch_s": float(np.median(infer[1:]))}  # fmt: skip
 
 
-def _time_in_worker(cfg, threads: int, steps: int, barrier, results) -> None:
+def _time_in_worker(cfg, threads: int, steps: int, barrier, results, parent: int) -> None:
+    _die_with_parent(parent)
     results.put(_time_steps(cfg, threads, steps, barrier))
 
 
@@ -429,7 +460,7 @@ def parallel_gain(cfg, parallel: int, *, steps: int = 10) -> dict:
     share = max(1, threads // parallel)
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(parallel), ctx.Queue()
-    workers = [ctx.Process(target=_time_in_worker, args=(cfg, share, steps, barrier, results))
+    workers = [ctx.Process(target=_time_in_worker, args=(cfg, share, steps, barrier, results, os.getpid()))
                for _ in range(parallel)]  # fmt: skip
     for w in workers:
         w.start()

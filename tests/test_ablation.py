@@ -1,6 +1,9 @@
 """The ablation study's variants build, and its summaries and verdicts follow their rules."""
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -303,6 +306,53 @@ def test_the_parallel_gain_times_the_engines_own_steps_side_by_side(tmp_path):
     assert not (tmp_path / "study").exists(), "the timing trains in a scratch folder"
     with pytest.raises(ValueError, match="end before 12 steps"):  # 2 epochs of 5 steps
         _time_steps(cfg, 1, steps=10)
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The multiprocessing workers (spawned) whose parent is ``pid``, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            spawned = b"spawn_main" in (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue  # it ended meanwhile
+        if ppid == pid and spawned:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses Linux's PR_SET_PDEATHSIG")
+def test_training_workers_stop_when_the_study_is_killed(tmp_path):
+    """A study killed outright (SIGKILL: no handler runs) leaves no worker training on."""
+    script = tmp_path / "study.py"
+    script.write_text(
+        "from cocs.ablation import run_config, train_runs\n"
+        "if __name__ == '__main__':\n"
+        "    params = {'epochs': 500, 'max_per_class': 2, 'max_test_per_class': 1,\n"
+        "              'batch_size': 8, 'torch_compile': False, 'amp': 'off'}\n"
+        f"    train_runs([run_config('full', s, params, {str(tmp_path)!r}) for s in (0, 1)],\n"
+        "               parallel=2)\n"
+    )
+    study = subprocess.Popen([sys.executable, str(script)], cwd=Path(__file__).parents[1])
+    try:
+        started = [tmp_path / "full" / f"seed{s}" / "metrics.csv" for s in (0, 1)]
+        deadline = time.monotonic() + 300
+        while not all(p.is_file() for p in started):  # both workers train
+            assert study.poll() is None, "the study ended before its workers trained"
+            assert time.monotonic() < deadline, "the workers did not start training"
+            time.sleep(0.5)
+        workers = _workers_of(study.pid)
+        assert len(workers) == 2
+    finally:
+        study.kill()
+        study.wait()
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = [w for w in workers if Path(f"/proc/{w}/stat").exists()
+             and Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]  # fmt: skip
+    assert not alive, f"workers {alive} trained on after the study was killed"
 
 
 def test_an_error_in_a_worker_stops_the_runs_and_is_raised(tmp_path):
