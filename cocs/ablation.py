@@ -495,8 +495,11 @@ def relative_costs(
     """Training-step and inference time of each ablation relative to the full model.
 
     One process, one batch, the models timed in turn (full, a, b, ..., full, a, b, ...) so that
-    each sees the same machine load; the median of ``repeats`` rounds after one warm-up round.
-    Eager mode, bfloat16 autocast when ``amp``, AdamW's fused step as the engine takes it.
+    each sees the same machine load; ``repeats`` rounds after one warm-up round. Eager mode,
+    bfloat16 autocast when ``amp``, AdamW's fused step as the engine takes it. Each round
+    gives a ratio to the full model's time in that round; ``train_ratio`` and ``infer_ratio``
+    are their medians, with their quartiles (``_q1``, ``_q3``) as the spread, and the times
+    (ms) are medians too.
     """
     import timm
 
@@ -527,19 +530,17 @@ def relative_costs(
             if r > 0:
                 times[k, "train"].append(t1 - t0)
                 times[k, "infer"].append(t2 - t1)
-    med = {kw: float(np.median(v)) for kw, v in times.items()}
-    return pd.DataFrame(
-        [
-            {
-                "key": k,
-                "train_step_ms": 1e3 * med[k, "train"],
-                "infer_ms": 1e3 * med[k, "infer"],
-                "train_ratio": med[k, "train"] / med["full", "train"],
-                "infer_ratio": med[k, "infer"] / med["full", "infer"],
-            }
-            for k in keys
-        ]
-    )
+    rows = []
+    for k in keys:
+        row = {"key": k}
+        for what, name in (("train", "train_step_ms"), ("infer", "infer_ms")):
+            row[name] = 1e3 * float(np.median(times[k, what]))
+        for what in ("train", "infer"):  # round by round: the same machine load
+            per_round = np.array(times[k, what]) / np.array(times["full", what])
+            q1, mid, q3 = np.percentile(per_round, [25, 50, 75])
+            row |= {f"{what}_ratio": mid, f"{what}_ratio_q1": q1, f"{what}_ratio_q3": q3}
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------------------------

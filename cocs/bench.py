@@ -35,6 +35,7 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import timm
 import torch
@@ -262,6 +263,10 @@ def keep_quiet_timings(
     shared = [c for c in kept if c in new]
     if fresh.any():
         merged.loc[fresh, shared] = new.loc[fresh, shared].to_numpy()
+    # a column the quiet file lacks (measured only since): unknown for its rows, rather than
+    # a busy value beside quiet ones
+    lacking = [c for c in columns if c in new and c not in old]
+    merged.loc[~fresh, lacking] = np.nan
     return merged[new.columns], new
 
 

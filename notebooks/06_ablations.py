@@ -223,7 +223,8 @@ if cost_repeats:
         busy_percent=busy, hardware=hardware_name(), threads=torch.get_num_threads()
     )
     # timings of a busy machine never replace committed ones of a quiet machine
-    columns = ["train_step_ms", "infer_ms", "train_ratio", "infer_ratio"]
+    columns = ["train_step_ms", "infer_ms", "train_ratio", "infer_ratio", "train_ratio_q1",
+               "train_ratio_q3", "infer_ratio_q1", "infer_ratio_q3"]
     costs, busy_costs = keep_quiet_timings(costs, out / "costs.csv", key="key", columns=columns)
     if busy_costs is not None:
         write_csv(busy_costs, out / "costs.busy.csv")

@@ -355,6 +355,19 @@ def test_training_workers_stop_when_the_study_is_killed(tmp_path):
     assert not alive, f"workers {alive} trained on after the study was killed"
 
 
+def test_relative_costs_are_ratios_round_by_round_with_their_spread():
+    from cocs.ablation import relative_costs
+
+    costs = relative_costs(["no_cluster", "one_head"], batch=4, repeats=3, amp=False)
+    assert costs["key"].tolist() == ["full", "no_cluster", "one_head"]
+    full = costs.set_index("key").loc["full"]
+    for what in ("train", "infer"):  # the full model against itself, round by round
+        assert full[f"{what}_ratio"] == full[f"{what}_ratio_q1"] == full[f"{what}_ratio_q3"] == 1
+        assert (costs[f"{what}_ratio_q1"] <= costs[f"{what}_ratio"]).all()
+        assert (costs[f"{what}_ratio"] <= costs[f"{what}_ratio_q3"]).all()
+    assert (costs[["train_step_ms", "infer_ms"]] > 0).all().all()
+
+
 def test_an_error_in_a_worker_stops_the_runs_and_is_raised(tmp_path):
     from cocs.ablation import train_runs
     from cocs.train import TrainConfig

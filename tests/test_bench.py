@@ -169,6 +169,7 @@ def test_a_malformed_case_names_itself(capsys):
 
 
 def test_busy_timings_never_replace_quiet_ones(tmp_path):
+    import numpy as np
     import pandas as pd
 
     from cocs.bench import BUSY_PERCENT, busy_percent, keep_quiet_timings
@@ -191,4 +192,9 @@ def test_busy_timings_never_replace_quiet_ones(tmp_path):
     moved = busy.assign(hardware="y", where="z")
     kept, _ = keep_quiet_timings(moved, path, key="variant", columns=["img_s"], context=("where",))
     assert kept["img_s"].tolist() == [100.0, 50.0] and (kept["hardware"] == "y").all()
+    # a column measured only since the quiet file: unknown for its rows, never busy beside quiet
+    grown = busy.assign(img_s_q1=[9.0, 4.0], variant=["a", "c"])
+    kept, _ = keep_quiet_timings(grown, path, key="variant", columns=["img_s", "img_s_q1"])
+    assert kept["img_s"].tolist() == [100.0, 5.0], "c has no quiet timing: its own"
+    assert np.isnan(kept["img_s_q1"].iloc[0]) and kept["img_s_q1"].iloc[1] == 4.0
     assert 0 <= busy_percent(0.2) <= 100
