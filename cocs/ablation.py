@@ -42,6 +42,7 @@ __all__ = [
     "divergence_trace",
     "finished_run",
     "findings",
+    "machine_hours",
     "paper_evidence",
     "parallel_gain",
     "relative_costs",
@@ -113,7 +114,7 @@ COMPARISONS = tuple(
     Comparison("no_positions", "no_positions_wrap",
                "without positions: reducers padded with zeros vs circularly (no border)"),
     Comparison("no_regions_same_centres", "no_regions",
-               "16x more centres without regions (64 and 16 instead of 4 per map)"),
+               "without regions: 64 and 16 centres per map vs 4"),
 )  # fmt: skip
 
 
@@ -256,6 +257,8 @@ def _row(key: str, seed: int, meta: Mapping, reused: bool) -> dict:
         "git_commit": meta["environment"]["git_commit"],
         "git_dirty": meta["environment"]["git_dirty"],
         **trained_on(meta),  # hardware (with its vector capability), threads, autocast
+        # the cores of its machine: a run of 1 thread on 2 cores shared them with another
+        "cores": meta["environment"]["hardware"].get("cpu_count"),
         "reused": reused,
     }
 
@@ -553,6 +556,15 @@ def relative_costs(
 # --------------------------------------------------------------------------------------------
 # Summaries and verdicts
 # --------------------------------------------------------------------------------------------
+
+
+def machine_hours(runs: pd.DataFrame) -> float:
+    """The hours the runs held their machines: each run's minutes times its share of its
+    machine's cores (``threads`` / ``cores``; a run on a GPU, or without a record of its cores,
+    counts whole). Runs trained side by side, one thread each on a 2-core CPU, count half
+    their minutes each: the wall time of a study that kept its machine busy."""
+    share = (runs["threads"] / runs["cores"]).where(runs["cores"].notna(), 1.0).clip(upper=1.0)
+    return float((runs["minutes"] * share.fillna(1.0)).sum() / 60)
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:

@@ -233,6 +233,16 @@ def _ablations(results: Path) -> str | None:
         }
     )  # fmt: skip
     text = f"{study['caption']}\n\n" + shown.to_markdown(index=False)
+    pairs = diffs[(diffs["a"] != "full") & diffs["mean"].notna()]
+    if len(pairs):  # the comparisons that change one thing between two variants
+        text += "\n\n" + pd.DataFrame(
+            {
+                "comparison (first minus second)": pairs["question"],
+                "seeds": pairs["seeds"],
+                "difference [95% interval]": [_interval(r) for _, r in pairs.iterrows()],
+                "detectable": pairs["detectable"].map("{:.2f}".format),
+            }
+        ).to_markdown(index=False)
     findings = folder / "findings.csv"
     if findings.is_file():
         f = pd.read_csv(findings)
@@ -275,6 +285,14 @@ def _ablations(results: Path) -> str | None:
                 f" With {fewest} epochs, the fewest the chapter's learning curve predicts to "
                 f"reach 74%, about {estimate['hours_at_fewest_epochs']:.1f} h."
             )
+    held = study.get("machine_hours")
+    if held is not None:  # measured: the runs' own minutes
+        text += (
+            f"\n\nMeasured: the {study['runs']} runs held their machines {held:.2f} h in all "
+            "(each run's minutes at its share of the cores; two runs side by side on a 2-core "
+            f"CPU count half each), {'within' if held <= 6 else 'over'} the study's limit of "
+            "6 hours."
+        )
     return text
 
 

@@ -187,6 +187,15 @@ def test_a_claim_that_a_variant_fails_to_train_is_read_off_the_runs_status():
     assert f.loc["without positions the network fails to train", "verdict"] == "not run"
 
 
+def test_machine_hours_count_runs_side_by_side_at_their_share_of_the_cores():
+    from cocs.ablation import machine_hours
+
+    runs = pd.DataFrame({"minutes": [60.0, 60.0, 30.0, 12.0],
+                         "threads": [1, 1, 2, 4], "cores": [2, 2, 2, None]})  # fmt: skip
+    # two side by side (half each), one alone (whole), one without a record of its cores
+    assert machine_hours(runs) == pytest.approx((30 + 30 + 30 + 12) / 60)
+
+
 def test_a_comparison_needs_two_shared_seeds():
     correct = _outcomes({"full": [80.0, 80.0], "one_head": [79.0]})
     row = compare(correct).set_index("b").loc["one_head"]
