@@ -728,7 +728,8 @@ costs.set_index("key").loc[[k for k in ("full", "iterative") if k in costs["key"
 # times its share of its machine's cores (`cocs.ablation.machine_hours`: two runs of one thread
 # side by side on a 2-core CPU count half their minutes each), which is the wall time of a
 # study that kept its machine busy. It leaves out each run's start (reading the data, building
-# the model) and its saved predictions, a few seconds each, and this chapter's own work
+# the model) and its saved predictions, a few seconds each; the one epoch of a run that failed
+# to train, which its record does not time (a few minutes); and this chapter's own work
 # (timings, replays, figures), whose minutes are printed beside it. The study's limit is
 # 6 hours of a 2-core CPU.
 
