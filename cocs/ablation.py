@@ -560,9 +560,10 @@ def relative_costs(
 
 def machine_hours(runs: pd.DataFrame) -> float:
     """The hours the runs held their machines: each run's minutes times its share of its
-    machine's cores (``threads`` / ``cores``; a run on a GPU, or without a record of its cores,
-    counts whole). Runs trained side by side, one thread each on a 2-core CPU, count half
-    their minutes each: the wall time of a study that kept its machine busy."""
+    machine's CPU cores (``threads`` / ``cores``, at most 1; a run without a record of its
+    cores counts whole). Runs trained side by side, one thread each on a 2-core CPU, count half
+    their minutes each: the wall time of a study that kept its machine busy (a run of one
+    thread that ran alone counts half too: for such a study this is a lower bound)."""
     share = (runs["threads"] / runs["cores"]).where(runs["cores"].notna(), 1.0).clip(upper=1.0)
     return float((runs["minutes"] * share.fillna(1.0)).sum() / 60)
 
@@ -691,7 +692,7 @@ def findings(differences: pd.DataFrame, paper: dict) -> pd.DataFrame:
             )
         if f.expect == "fails":  # a claim about training itself, whatever the accuracies
             n = failed[f.worse] + trained[f.worse]
-            if n < 2:
+            if n < 2 or trained[f.better] == 0:  # the claim needs a model that trains
                 rows.append(row | {"verdict": "not run"})
             elif trained[f.worse] == 0:
                 rows.append(row | {"verdict": "reproduces", "seeds": n})

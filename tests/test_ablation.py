@@ -182,6 +182,8 @@ def test_a_claim_that_a_variant_fails_to_train_is_read_off_the_runs_status():
     fails, _ = read(failed=[("no_positions", 0), ("no_positions", 1), ("no_positions", 2),
                             ("full", 2)])  # fmt: skip
     assert fails["verdict"] == "reproduces"
+    fails, _ = read(failed=[(k, s) for k in ("full", "no_positions") for s in range(3)])
+    assert fails["verdict"] == "not run", "no model trained: nothing to compare with"
     lone = {("full", 0): correct["full", 0], ("no_positions", 0): correct["no_positions", 0]}
     f = findings(compare(lone), numbers()).set_index("claim")
     assert f.loc["without positions the network fails to train", "verdict"] == "not run"

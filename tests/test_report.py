@@ -429,7 +429,11 @@ def test_ablation_changes_are_the_variant_minus_the_full_model_as_in_the_paper(t
                                                        "machine_hours": held}))  # fmt: skip
         shown = report._ablations(tmp_path)
         assert f"the 28 runs held their machines {held:.2f} h in all" in shown
-        assert f"{word} the study's limit of 6 hours" in shown
+        assert "limit" not in shown, "a study other than the complete default one: no limit"
+        (folder / "study.json").write_text(json.dumps({"caption": "a study", "runs": 28,
+                                                       "machine_hours": held,
+                                                       "limit_hours": 6}))  # fmt: skip
+        assert f"{word} the study's limit of 6 hours" in report._ablations(tmp_path)
     pd.DataFrame([{"a": "full", "b": "no_cluster", "mean": 0.5, "low": -0.1, "high": 1.1,
                    "detectable": 0.8, "question": "q", "seeds": 2},
                   {"a": "no_positions", "b": "no_positions_wrap", "mean": -0.3, "low": -0.9,
