@@ -29,17 +29,27 @@ class GroupNorm(nn.GroupNorm):
         super().__init__(1, num_channels, **kwargs)
 
 
+PADDING_MODES = ("zeros", "circular", "reflect", "replicate")  # torch's Conv2d padding modes
+
+
 class PointReducer(nn.Module):
     """Point reducer: the points nearest to evenly spaced anchors are concatenated and
     projected linearly, which is a strided convolution: (B, C, H, W) -> (B, D, H', W')."""
 
     def __init__(
-        self, *, in_chans: int, embed_dim: int, patch_size: int, stride: int, padding: int
-    ):
+        self, *, in_chans: int, embed_dim: int, patch_size: int, stride: int, padding: int,
+        padding_mode: str = "zeros",
+    ):  # fmt: skip
         super().__init__()
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(
+                f"padding_mode={padding_mode!r} is not one of {PADDING_MODES}: 'zeros' is the "
+                "paper's; 'circular' wraps the map around, so that no point sits on a border"
+            )
         self.proj = nn.Conv2d(
-            in_chans, embed_dim, kernel_size=patch_size, stride=stride, padding=padding
-        )
+            in_chans, embed_dim, kernel_size=patch_size, stride=stride, padding=padding,
+            padding_mode=padding_mode,
+        )  # fmt: skip
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(x)
@@ -163,6 +173,9 @@ class ContextCluster(nn.Module):
     regions; unlike the release, one fold above 1 partitions even when the other is 1 (see
     :func:`cocs.cluster.context_cluster`). ``use_positions`` appends the two coordinate channels
     (the paper's 5-D points); without them points carry colour only (an ablation).
+    ``down_pad_mode`` pads the point reducers between stages: with zeros as the paper (a point
+    on the border of a map sees zeros where an inner point sees neighbours), or ``"circular"``,
+    wrapping the map around so that no point sits on a border (an ablation).
     ``lean_mlp`` makes the MLPs recompute their hidden layer in the backward pass instead of
     storing it (see :class:`Mlp`), one value per stage or one for all; the same arithmetic
     either way. The default, ``None``, recomputes in the first two stages only: they hold most
@@ -191,6 +204,7 @@ class ContextCluster(nn.Module):
         down_patch_size: int = 3,
         down_stride: int = 2,
         down_pad: int = 1,
+        down_pad_mode: str = "zeros",
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         use_layer_scale: bool = True,
@@ -270,6 +284,7 @@ class ContextCluster(nn.Module):
                         patch_size=down_patch_size,
                         stride=down_stride,
                         padding=down_pad,
+                        padding_mode=down_pad_mode,
                     )
                 )
                 reduction *= down_stride

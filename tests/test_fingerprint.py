@@ -37,6 +37,7 @@ def test_recipe_and_layout_do_not_change_the_fingerprint():
         dict(use_positions=False),
         dict(mixer="none"),
         dict(down_patch_size=2, down_pad=0),
+        dict(down_pad_mode="circular"),
         dict(global_pool=""),
     ],
     ids=lambda c: ",".join(c),
