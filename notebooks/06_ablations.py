@@ -154,8 +154,8 @@ pd.DataFrame(
 # through the 9-epoch pilot and that run gives the fewest epochs predicted to pass 74%: 11.
 # A third pilot with 11 epochs (`pilot_11_epochs/`, the same recipe and seed) checked the
 # prediction before the study was trained with them, and the full model's finished runs below
-# check it again, seed by seed. (An earlier version of this study trained 12 epochs, a plan
-# over the chapter's 6-hour limit on a 2-core CPU; its runs are in the repository's history.)
+# check it again, seed by seed. (An earlier version of this study trained 12 epochs; its runs
+# and its plan estimate are in the repository's history.)
 
 # %%
 committed = results_path("results", "06_ablations", create=False)  # the default run's files
