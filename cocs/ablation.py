@@ -42,6 +42,7 @@ __all__ = [
     "divergence_trace",
     "finished_run",
     "findings",
+    "machine_hours",
     "paper_evidence",
     "parallel_gain",
     "relative_costs",
@@ -90,9 +91,10 @@ ABLATIONS = (
     # a region of 4x4 points holds 16: every point proposes a centre
     Ablation("centres_16", "16 centres per region (one per point)", "e",
              "proposal_w=(4, 4, 4, 1),proposal_h=(4, 4, 4, 1)"),
-    # 2x2 reducers with stride 2 and no padding: no zero border to tell where an edge is
-    Ablation("no_positions_no_pad", "no position information, reducers without padding", "i",
-             "use_positions=False,down_patch_size=2,down_pad=0"),
+    # the same 3x3 reducers, padded by wrapping the map around: no zero border to tell where
+    # an edge is, and nothing else changed (not even a weight: the same parameters)
+    Ablation("no_positions_wrap", "no position information, reducers padded circularly", "i",
+             "use_positions=False,down_pad_mode='circular'"),
 )  # fmt: skip
 
 
@@ -105,14 +107,14 @@ class Comparison:
     question: str
 
 
-# Every ablation against the full model, and the pad-free pair against each other.
+# Every ablation against the full model, and the two pairs that differ in one thing only.
 COMPARISONS = tuple(
     Comparison("full", x.key, f"{x.label} vs the full model") for x in ABLATIONS[1:]
 ) + (
-    Comparison("no_positions", "no_positions_no_pad",
-               "without positions: 3x3 zero-padded reducers vs 2x2 unpadded ones"),
+    Comparison("no_positions", "no_positions_wrap",
+               "without positions: reducers padded with zeros vs circularly (no border)"),
     Comparison("no_regions_same_centres", "no_regions",
-               "16x more centres without regions (64 and 16 instead of 4 per map)"),
+               "without regions: 64 and 16 centres per map vs 4"),
 )  # fmt: skip
 
 
@@ -121,6 +123,8 @@ VERDICTS = (
     "reversed",
     "no difference detected at this scale",
     "differs",  # a difference where the paper expects none
+    "does not reproduce",  # a claim that a variant fails to train, when it trains
+    "reproduces in part",  # ... when it fails in some seeds only
     "not run",
 )
 
@@ -128,7 +132,9 @@ VERDICTS = (
 @dataclass(frozen=True)
 class Finding:
     """A claim of the paper about two ablations: ``better`` beats ``worse``
-    (``expect="better"``), or they are within ``margin`` points (``expect="similar"``)."""
+    (``expect="better"``), they are within ``margin`` points (``expect="similar"``), or
+    ``worse`` fails to train while ``better`` trains (``expect="fails"``: read off the runs'
+    status, not their accuracy)."""
 
     claim: str
     better: str  # an ablation key
@@ -141,7 +147,9 @@ class Finding:
 FINDINGS = (
     Finding("the context cluster adds accuracy to position information", "full", "no_cluster"),
     Finding("several heads beat one", "full", "one_head"),
-    Finding("points need their positions", "full", "no_positions", "no_positions"),
+    Finding("without positions the network fails to train", "full", "no_positions",
+            "no_positions", expect="fails"),
+    Finding("positions add accuracy", "full", "no_positions", "no_positions"),
     Finding("sigmoid(alpha * s + beta) beats the raw similarity", "full", "raw_similarity",
             "sigmoid_vs_raw"),
     Finding("iterating the centres changes accuracy little", "iterative", "full",
@@ -249,6 +257,8 @@ def _row(key: str, seed: int, meta: Mapping, reused: bool) -> dict:
         "git_commit": meta["environment"]["git_commit"],
         "git_dirty": meta["environment"]["git_dirty"],
         **trained_on(meta),  # hardware (with its vector capability), threads, autocast
+        # the cores of its machine: a run of 1 thread on 2 cores shared them with another
+        "cores": meta["environment"]["hardware"].get("cpu_count"),
         "reused": reused,
     }
 
@@ -548,6 +558,16 @@ def relative_costs(
 # --------------------------------------------------------------------------------------------
 
 
+def machine_hours(runs: pd.DataFrame) -> float:
+    """The hours the runs held their machines: each run's minutes times its share of its
+    machine's CPU cores (``threads`` / ``cores``, at most 1; a run without a record of its
+    cores counts whole). Runs trained side by side, one thread each on a 2-core CPU, count half
+    their minutes each: the wall time of a study that kept its machine busy (a run of one
+    thread that ran alone counts half too: for such a study this is a lower bound)."""
+    share = (runs["threads"] / runs["cores"]).where(runs["cores"].notna(), 1.0).clip(upper=1.0)
+    return float((runs["minutes"] * share.fillna(1.0)).sum() / 60)
+
+
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard deviation over seeds of each ablation.
 
@@ -640,6 +660,9 @@ def findings(differences: pd.DataFrame, paper: dict) -> pd.DataFrame:
     within +-margin); "reversed": below zero; "no difference detected at this scale": it holds
     zero, and ``detectable`` says how large a difference the study would have found;
     "differs": a difference where the paper expects none; "not run": fewer than 2 paired seeds.
+    A claim that ``worse`` fails to train (``expect="fails"``) is read off the runs' status over
+    all of ``worse``'s seeds: "reproduces" when none trained, "does not reproduce" when all
+    trained, "reproduces in part" otherwise (at least two runs; else "not run").
     One verdict needs no interval: when every run of the worse side failed to train (at least
     two) and every run of the better side trained (at least two), a claim that ``better`` beats
     ``worse`` "reproduces" in its strongest form (``note`` says so). Any other failure to train
@@ -667,6 +690,18 @@ def findings(differences: pd.DataFrame, paper: dict) -> pd.DataFrame:
                 for k, n in failed.items()
                 if n
             )
+        if f.expect == "fails":  # a claim about training itself, whatever the accuracies
+            n = failed[f.worse] + trained[f.worse]
+            if n < 2 or trained[f.better] == 0:  # the claim needs a model that trains
+                rows.append(row | {"verdict": "not run"})
+            elif trained[f.worse] == 0:
+                rows.append(row | {"verdict": "reproduces", "seeds": n})
+            elif failed[f.worse] == 0:
+                note = f"every run of {f.worse} trained ({n} seeds)"
+                rows.append(row | {"verdict": "does not reproduce", "seeds": n, "note": note})
+            else:
+                rows.append(row | {"verdict": "reproduces in part", "seeds": n})
+            continue
         if (
             f.expect == "better"
             and failed[f.worse] >= 2

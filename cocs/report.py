@@ -233,6 +233,19 @@ def _ablations(results: Path) -> str | None:
         }
     )  # fmt: skip
     text = f"{study['caption']}\n\n" + shown.to_markdown(index=False)
+    pairs = diffs[(diffs["a"] != "full") & diffs["mean"].notna()]
+    if len(pairs) and not {"question", "seeds"} <= set(pairs.columns):
+        raise ValueError(f"{folder / 'differences.csv'} lacks the columns question and seeds: "
+                         "regenerate it with `python -m cocs.handbook run 06_ablations`")  # fmt: skip
+    if len(pairs):  # the comparisons that change one thing between two variants
+        text += "\n\n" + pd.DataFrame(
+            {
+                "comparison (first minus second)": pairs["question"],
+                "seeds": pairs["seeds"],
+                "difference [95% interval]": [_interval(r) for _, r in pairs.iterrows()],
+                "detectable": pairs["detectable"].map("{:.2f}".format),
+            }
+        ).to_markdown(index=False)
     findings = folder / "findings.csv"
     if findings.is_file():
         f = pd.read_csv(findings)
@@ -275,6 +288,15 @@ def _ablations(results: Path) -> str | None:
                 f" With {fewest} epochs, the fewest the chapter's learning curve predicts to "
                 f"reach 74%, about {estimate['hours_at_fewest_epochs']:.1f} h."
             )
+    held, limit = study.get("machine_hours"), study.get("limit_hours")
+    if held is not None:  # measured: the runs' own minutes
+        text += (
+            f"\n\nMeasured: the {study['runs']} runs held their machines {held:.2f} h in all "
+            "(each run's minutes at its share of the cores; two runs side by side on a 2-core "
+            "CPU count half each)"
+            + (f", {'within' if held <= limit else 'over'} the study's limit of {limit} hours."
+               if limit else ".")
+        )  # fmt: skip
     return text
 
 

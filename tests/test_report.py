@@ -423,5 +423,24 @@ def test_ablation_changes_are_the_variant_minus_the_full_model_as_in_the_paper(t
                                                        "hours_at_fewest_epochs": 5.61}}))  # fmt: skip
     assert "With 11 epochs, the fewest" in report._ablations(tmp_path)
     assert "about 5.6 h." in report._ablations(tmp_path)
+    assert "Measured" not in report._ablations(tmp_path), "no measurement recorded: none shown"
+    for held, word in ((5.93, "within"), (6.2, "over")):
+        (folder / "study.json").write_text(json.dumps({"caption": "a study", "runs": 28,
+                                                       "machine_hours": held}))  # fmt: skip
+        shown = report._ablations(tmp_path)
+        assert f"the 28 runs held their machines {held:.2f} h in all" in shown
+        assert "limit" not in shown, "a study other than the complete default one: no limit"
+        (folder / "study.json").write_text(json.dumps({"caption": "a study", "runs": 28,
+                                                       "machine_hours": held,
+                                                       "limit_hours": 6}))  # fmt: skip
+        assert f"{word} the study's limit of 6 hours" in report._ablations(tmp_path)
+    pd.DataFrame([{"a": "full", "b": "no_cluster", "mean": 0.5, "low": -0.1, "high": 1.1,
+                   "detectable": 0.8, "question": "q", "seeds": 2},
+                  {"a": "no_positions", "b": "no_positions_wrap", "mean": -0.3, "low": -0.9,
+                   "high": 0.3, "detectable": 0.85, "seeds": 2,
+                   "question": "zeros vs circularly"}]).to_csv(folder / "differences.csv",
+                                                               index=False)  # fmt: skip
+    pair = next(line for line in report._ablations(tmp_path).splitlines() if "circularly" in line)
+    assert "-0.30 [-0.90, +0.30]" in pair and "0.85" in pair, "the pair of variants, read as is"
     row = next(line for line in text.splitlines() if line.startswith("| no context cluster"))
     assert "-0.50 [-1.10, +0.10]" in row and "-3.3" in row, "ours and the paper's, one sign"

@@ -47,7 +47,7 @@ torch.manual_seed(seed)
 # Build every variant of `cocs.ablation.ABLATIONS` on the `meta` device and count its
 # parameters. *Expected:* the variants that regroup points keep the full model's parameters
 # exactly; without the context cluster the model is smaller; without positions smaller by
-# exactly the stem's weights for two channels; without padding smaller still.
+# exactly the stem's weights for two channels, with or without a border.
 
 # %%
 counts, stems = {}, {}
@@ -65,11 +65,11 @@ table
 # points are *grouped*, not what is learned: one head as wide as all heads together has the
 # same projections `f` and `v`, centres are pooled rather than learned, and the raw cosine
 # keeps the (then unused) $\alpha$ and $\beta$. So these comparisons hold the parameters
-# fixed and change only the grouping, which is what makes them clean. The other three remove
-# weights: the token mixer's projections, the stem's two position channels
-# ($D_1 \times 2 \times k \times k$), and, for the pad-free variant, five ninths of each
-# reducer's weights (2 x 2 kernels instead of 3 x 3). Their differences in accuracy therefore
-# mix the design choice with a change of capacity.
+# fixed and change only the grouping, which is what makes them clean. So does circular
+# padding of the reducers: the same 3 x 3 kernels, fed the opposite edge of the map instead of
+# zeros. The other two remove weights: the token mixer's projections, and the stem's two
+# position channels ($D_1 \times 2 \times k \times k$). Their differences in accuracy
+# therefore mix the design choice with a change of capacity.
 
 # %%
 same = {"one_head", "raw_similarity", "iterative", "no_regions", "no_regions_same_centres",
@@ -78,7 +78,7 @@ assert all(counts[k] == counts["full"] for k in same), table
 assert counts["no_cluster"] < counts["full"]
 stem = stems["full"]
 assert counts["full"] - counts["no_positions"] == 2 * stem.out_channels * stem.kernel_size[0] ** 2
-assert counts["no_positions_no_pad"] < counts["no_positions"]
+assert counts["no_positions_wrap"] == counts["no_positions"]
 
 # %% [markdown]
 # ## Exercise 2: Why the raw similarity loses, by hand
