@@ -293,7 +293,7 @@ def _ablations(results: Path) -> str | None:
         text += (
             f"\n\nMeasured: the {study['runs']} runs held their machines {held:.2f} h in all "
             "(each run's minutes at its share of the cores; two runs side by side on a 2-core "
-            "CPU count half each)"
+            "CPU count half each; a lower bound, as chapter 6 explains)"
             + (f", {'within' if held <= limit else 'over'} the study's limit of {limit} hours."
                if limit else ".")
         )  # fmt: skip

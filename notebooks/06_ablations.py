@@ -703,8 +703,9 @@ if len(wrap) and pd.notna(wrap["low"].iloc[0]):
         print(f"the circularly padded reducers do better: zeros minus circular, {gap}")
     else:
         print(f"no difference detected between zero and circular padding ({gap}; the study "
-              f"detects {r['detectable']:.2f} points): the border is not what lets this model "
-              "train without positions")  # fmt: skip
+              f"detects {r['detectable']:.2f} points)"
+              + ("; the border is not what lets this model train without positions: without "
+                 "it, every run still trained" if trained_all else ""))  # fmt: skip
 else:
     print("the circularly padded variant has not finished two seeds yet; no reading of the "
           "border cue")  # fmt: skip
@@ -716,7 +717,7 @@ if len(alone) and pd.notna(alone["low"].iloc[0]):  # locality alone against the 
     if r["low"] > 0:
         print(f"with locality alone (no positions, no border) the full model is better: full "
               f"minus it, {gap}; "
-              + ("the border accounts for the difference (above)" if border_known else
+              + ("the border gives back part of it (above)" if border_known else
                  "how much of that the border alone gives back is not resolved by the paired "
                  "comparison of the two paddings above"))  # fmt: skip
     elif r["high"] < 0:
@@ -771,7 +772,7 @@ print(
 )
 if default_study:
     estimated = plan_estimate.get("hours_here")
-    print(f"the whole study held its machines {held:.2f} h: "
+    print(f"the whole study held its machines at least {held:.2f} h: "
           + ("within" if held <= 6 else "over") + " the 6-hour limit"
           + (f" (the plan's estimate on this machine: {estimated:.1f} h)" if estimated else ""))
 spent.round(2)
